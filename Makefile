@@ -1,0 +1,33 @@
+# robustlab: `make demo` sets up and runs the quickstart job, `make test` sets up and runs the tests.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?= -m "not slow"
+
+.PHONY: setup demo test lint bench clean
+
+$(BIN)/robustlab: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[test,dev,report,bench]"
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps torchattacks==3.5.1
+	touch $(BIN)/robustlab
+
+setup: $(BIN)/robustlab
+
+demo: setup
+	$(BIN)/robustlab demo --run-dir runs/quickstart
+
+test: setup
+	bash scripts/browser-setup.sh || true
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check robustlab tests bench
+	$(BIN)/ruff format --check robustlab tests bench
+
+bench: setup
+	$(BIN)/python -m bench.run_all
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
