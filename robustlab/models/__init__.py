@@ -1,0 +1,17 @@
+"""Model zoo: the registry/factory, the architectures and checkpoint loading."""
+
+from robustlab.models import resnet, small, wideresnet  # noqa: F401  (register architectures)
+from robustlab.models.checkpoint import LoadReport, load_checkpoint
+from robustlab.models.layers import ImageClassifier, Normalize
+from robustlab.models.registry import available_models, create_model, model_spec, register_model
+
+__all__ = [
+    "ImageClassifier",
+    "LoadReport",
+    "load_checkpoint",
+    "Normalize",
+    "available_models",
+    "create_model",
+    "model_spec",
+    "register_model",
+]

@@ -1,0 +1,192 @@
+"""The model registry and factory: ``create_model(name, dataset=...)`` builds any architecture."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from robustlab.errors import ConfigError, RobustlabError
+from robustlab.models.layers import ImageClassifier, check_act, check_norm
+
+__all__ = ["ModelSpec", "register_model", "create_model", "available_models", "model_spec"]
+
+Builder = Callable[..., ImageClassifier]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered architecture: its builder and the input it expects when no dataset is given.
+
+    ``dataset_normalization`` False means the model is used on raw [0, 1] inputs by default
+    (mean 0, std 1) even when a dataset is named, as its published checkpoints expect.
+    """
+
+    name: str
+    builder: Builder
+    num_classes: int = 10
+    in_channels: int = 3
+    input_size: int = 32
+    norm: str = "bn"
+    dataset_normalization: bool = True
+    description: str = ""
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+# Used only when robustlab.data is not importable; robustlab.data.dataset_info is the source.
+_FALLBACK_DATASETS: dict[str, tuple[int, int, int, tuple[float, ...], tuple[float, ...]]] = {
+    # name: (num_classes, channels, size, mean, std)
+    "mnist": (10, 1, 28, (0.1307,), (0.3081,)),
+    "mnist-mini": (10, 1, 28, (0.1307,), (0.3081,)),
+    "fashion-mnist": (10, 1, 28, (0.2860,), (0.3530,)),
+    "cifar10": (10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": (100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "svhn": (10, 3, 32, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+    "tiny-imagenet": (200, 3, 64, (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)),
+}
+
+
+def register_model(
+    name: str,
+    *,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    input_size: int = 32,
+    norm: str = "bn",
+    dataset_normalization: bool = True,
+) -> Callable[[Builder], Builder]:
+    """Decorator registering a model class (or builder) called with ``num_classes, in_channels,
+    input_size, norm, act`` and its own keyword options.
+
+    The keyword defaults describe the input the model expects when ``create_model`` is called
+    without a dataset; ``norm`` is the architecture's default normalization layer.
+    """
+
+    def deco(builder: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered")
+        doc = (inspect.getdoc(builder) or "").strip().splitlines()
+        _REGISTRY[name] = ModelSpec(
+            name=name,
+            builder=builder,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            input_size=input_size,
+            norm=norm,
+            dataset_normalization=dataset_normalization,
+            description=doc[0] if doc else "",
+        )
+        return builder
+
+    return deco
+
+
+def available_models() -> list[str]:
+    """Names of all registered architectures, sorted."""
+    return sorted(_REGISTRY)
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The registry entry of ``name``; unknown names raise an error listing the known ones."""
+    if name not in _REGISTRY:
+        raise RobustlabError(
+            f"unknown model {name!r}; available models: {', '.join(available_models())}"
+        )
+    return _REGISTRY[name]
+
+
+def _dataset_defaults(dataset: str) -> tuple[int, int, int, tuple[float, ...], tuple[float, ...]]:
+    """(num_classes, channels, size, mean, std) of ``dataset`` from robustlab.data."""
+    try:
+        from robustlab.data import dataset_info
+    except ImportError:
+        if dataset not in _FALLBACK_DATASETS:
+            raise RobustlabError(
+                f"unknown dataset {dataset!r}; known: {', '.join(sorted(_FALLBACK_DATASETS))}"
+            ) from None
+        return _FALLBACK_DATASETS[dataset]
+    info = dataset_info(dataset)
+    shape = getattr(info, "shape", None)
+    channels = getattr(info, "channels", None) or (shape[0] if shape else None)
+    size = getattr(info, "image_size", None) or getattr(info, "size", None)
+    if size is None and shape:
+        size = shape[-1]
+    if isinstance(size, (tuple, list)):
+        size = size[-1]
+    return (
+        int(info.num_classes),
+        int(channels),
+        int(size),
+        tuple(float(v) for v in info.mean),
+        tuple(float(v) for v in info.std),
+    )
+
+
+def create_model(
+    name: str,
+    dataset: str | None = None,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    norm: str | None = None,
+    act: str = "relu",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    input_size: int | None = None,
+    **kw: Any,
+) -> nn.Module:
+    """Build architecture ``name`` taking [0, 1] images and returning logits.
+
+    ``dataset`` supplies the number of classes, input channels, image size and normalization
+    constants; explicit arguments override it. ``norm`` is ``"bn"``, ``"gn"`` or ``"none"``
+    (None: the architecture's default), ``act`` is ``"relu"`` or ``"silu"``. Extra keywords
+    go to the architecture (e.g. ``depth``/``widen_factor`` for ``wideresnet``).
+    """
+    spec = model_spec(name)
+    n_cls, ch, size = spec.num_classes, spec.in_channels, spec.input_size
+    d_mean: tuple[float, ...] | None = None
+    d_std: tuple[float, ...] | None = None
+    if dataset is not None:
+        n_cls, ch, size, d_mean, d_std = _dataset_defaults(dataset)
+    n_cls = int(num_classes) if num_classes is not None else n_cls
+    ch = int(in_channels) if in_channels is not None else ch
+    size = int(input_size) if input_size is not None else size
+    if n_cls < 1 or ch < 1 or size < 1:
+        raise ConfigError(
+            f"model {name!r}: num_classes, in_channels and input_size must be positive, got "
+            f"{n_cls}, {ch}, {size}"
+        )
+    norm = check_norm(norm if norm is not None else spec.norm)
+    act = check_act(act)
+    params = inspect.signature(spec.builder).parameters
+    accepts_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    fixed = {"num_classes", "in_channels", "input_size", "norm", "act"}
+    allowed = sorted(set(params) - fixed)
+    bad = sorted(k for k in kw if k not in params or k in fixed)
+    if bad and not accepts_var_kw:
+        hint = f"; it accepts {', '.join(allowed)}" if allowed else ""
+        raise ConfigError(f"model {name!r} got unknown option(s) {', '.join(bad)}{hint}")
+    model = spec.builder(
+        num_classes=n_cls, in_channels=ch, input_size=size, norm=norm, act=act, **kw
+    )
+    if mean is not None or std is not None:
+        if mean is None or std is None:
+            raise ConfigError("give both mean and std for the input normalization, or neither")
+        model.set_normalization(_per_channel(mean, ch), _per_channel(std, ch))
+    elif d_mean is not None and d_std is not None and spec.dataset_normalization:
+        model.set_normalization(_per_channel(d_mean, ch), _per_channel(d_std, ch))
+    model.arch = name
+    return model
+
+
+def _per_channel(values: Sequence[float] | float, channels: int) -> list[float]:
+    """Broadcast a scalar or a one-value list to ``channels`` values."""
+    if isinstance(values, (int, float)):
+        return [float(values)] * channels
+    vals = [float(v) for v in values]
+    if len(vals) == 1:
+        return vals * channels
+    return vals
