@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,10 +225,14 @@ def load_checkpoint(
     try:
         obj = safe_torch_load(p, map_location="cpu")
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if found:
+            raise CheckpointError(
+                f"{p}: refused to load: it pickles the object {found.group(1)}, not only tensors "
+                "(robustlab loads with weights_only=True; save model.state_dict() instead)"
+            ) from None
         raise CheckpointError(
-            f"{p}: refused to unpickle (only tensors and plain containers are loaded, "
-            f"weights_only=True): {first}"
+            f"{p}: not a readable PyTorch checkpoint (corrupt, truncated or not a torch.save file)"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
