@@ -176,16 +176,18 @@ def _mismatch_message(
     unexpected: list[str],
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
     path: str,
+    remap: str,
 ) -> str:
+    """The one-line explanation of why ``sd`` does not load into ``model``."""
     arch = getattr(model, "arch", type(model).__name__)
-    lines = [f"checkpoint {path} does not fit model {arch}:"]
+    parts = []
     if missing:
-        lines.append("  " + _listing("missing keys (in the model, not the checkpoint)", missing))
+        parts.append(_listing("missing keys (in the model, not the checkpoint)", missing))
     if unexpected:
-        lines.append("  " + _listing("unexpected keys (in the checkpoint only)", unexpected))
+        parts.append(_listing("unexpected keys (in the checkpoint only)", unexpected))
     if mismatched:
         shown = [f"{k} {list(a)} vs model {list(b)}" for k, a, b in mismatched]
-        lines.append("  " + _listing("shape mismatches (checkpoint vs model)", shown))
+        parts.append(_listing("shape mismatches (checkpoint vs model)", shown))
     n_ckpt = sum(t.numel() for t in sd.values())
     n_model = sum(t.numel() for t in target.values())
     if _order_mapping(sd, target) is not None:
@@ -199,8 +201,9 @@ def _mismatch_message(
             f"(checkpoint: {len(sd)} tensors, {n_ckpt:,} values; model: {len(target)} tensors, "
             f"{n_model:,} values; {_first_order_break(sd, target)})"
         )
-    lines.append(f"  hint: {hint}")
-    return "\n".join(lines)
+    if remap == "auto":
+        hint = "remap='auto' refused: the tensors do not line up in order and shape; " + hint
+    return f"checkpoint {path} does not fit model {arch}: " + "; ".join(parts) + f". Hint: {hint}"
 
 
 def load_checkpoint(
@@ -258,13 +261,9 @@ def load_checkpoint(
             sd = {mapping[k]: v for k, v in sd.items() if k in mapping}
             report.remapped = {a: b for a, b in mapping.items() if a != b}
         elif strict:
-            msg = _mismatch_message(model, sd, target, missing, unexpected, mismatched, str(p))
-            if remap == "auto":
-                msg += (
-                    "\n  remap='auto' refused: the checkpoint's tensors do not line up with the "
-                    f"model's in order and shape ({_first_order_break(sd, target)})"
-                )
-            raise CheckpointError(msg)
+            raise CheckpointError(
+                _mismatch_message(model, sd, target, missing, unexpected, mismatched, str(p), remap)
+            )
         else:
             report.missing, report.unexpected, report.mismatched = missing, unexpected, mismatched
             bad = {k for k, _, _ in mismatched}
