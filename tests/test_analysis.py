@@ -249,3 +249,52 @@ def test_conflicting_dynamics_bins() -> None:
     assert out["frac_negative"][0] == 0.5 and out["frac_positive"][2] == 1.0
     assert math.isnan(out["frac_positive"][3])
     assert out["frac_negative_below_eps"] == pytest.approx(2 / 4)
+
+
+# ---------------------------------------------------------------- margins from the solver
+@pytest.mark.parametrize("norm,q", [("linf", 1.0), ("l2", 2.0)])
+def test_margin_of_a_linear_model_is_phi_over_the_dual_norm(norm: str, q: float) -> None:
+    from robustlab.analysis.margins import minimum_margins
+
+    torch.manual_seed(1)
+    model = _Linear2(12).float()
+    x = 0.4 + 0.2 * torch.rand(16, 1, 3, 4)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[:2] = 1 - y[:2]  # two misclassified samples: margin 0
+    r = minimum_margins(model, x, y, norm=norm, steps=30)
+    w = (model.fc.weight[y] - model.fc.weight[1 - y]).detach()
+    phi = (w * x.flatten(1)).sum(1) + (model.fc.bias[y] - model.fc.bias[1 - y]).detach()
+    exact = phi.abs() / torch.linalg.vector_norm(w, ord=q, dim=1)
+    assert r["verified"].all() and not r["correct"][:2].any() and r["correct"][2:].all()
+    assert (r["margin"][:2] == 0).all()
+    torch.testing.assert_close(r["margin"][2:].float(), exact[2:], rtol=1e-3, atol=1e-6)
+    assert (r["phi"][2:] < 0).all()  # every boundary point is verified on the far side
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_closed_form_speed_matches_an_sgd_step_with_the_solver(norm: str) -> None:
+    """A nonlinear model: margins before and after one real SGD step come from the solver."""
+    from robustlab.analysis.margins import minimum_margins
+    from robustlab.attacks.threat import make_threat
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(20, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+    x = 0.3 + 0.4 * torch.rand(24, 1, 4, 5, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y_train = torch.randint(0, 3, (24,))
+
+    def loss_fn(m: nn.Module) -> torch.Tensor:
+        return nn.functional.cross_entropy(m(x), y_train)
+
+    def margins(m: nn.Module) -> torch.Tensor:
+        return minimum_margins(m, x, y, norm=norm, steps=60)["margin"]
+
+    before = minimum_margins(model, x, y, norm=norm, steps=60)
+    v = parameter_velocity(model, loss_fn)
+    closed = boundary_speed(model, before["x_hat"], y, v, make_threat(norm, 0.1))["speed"]
+    fd = finite_difference_speed(model, loss_fn, margins, lr=1e-3, margins_before=before["margin"])
+    scale = float(closed.abs().mean())
+    assert float((fd - closed).abs().max()) < 0.02 * scale
+    assert scale > 1e-3  # the step moves the boundary measurably
