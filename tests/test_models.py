@@ -188,3 +188,20 @@ def test_models_move_with_buffers() -> None:
     model = create_model("cifar_cnn", dataset="cifar10").to(torch.float64)
     out = model(torch.rand(2, 3, 32, 32, dtype=torch.float64))
     assert out.dtype == torch.float64
+
+
+def test_dataset_constants_come_from_robustlab_data() -> None:
+    from robustlab.data import available_datasets, dataset_info
+
+    for name in available_datasets():
+        info = dataset_info(name)
+        model = create_model("cifar_cnn", dataset=name)
+        assert model.num_classes == info.num_classes and model.fc.out_features == info.num_classes
+        assert (model.in_channels, model.input_size, model.input_size) == info.shape
+        assert model.normalize.mean.flatten().tolist() == pytest.approx(info.mean)
+        assert model.normalize.std.flatten().tolist() == pytest.approx(info.std)
+    with pytest.raises(RobustlabError, match="unknown dataset 'imagenet-22k'"):
+        create_model("cifar_cnn", dataset="imagenet-22k")
+    # explicit arguments override the dataset's
+    m = create_model("resnet18", dataset="cifar10", num_classes=7, width=8)
+    assert m.linear.out_features == 7

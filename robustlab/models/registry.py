@@ -37,18 +37,6 @@ class ModelSpec:
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
-# Used only when robustlab.data is not importable; robustlab.data.dataset_info is the source.
-_FALLBACK_DATASETS: dict[str, tuple[int, int, int, tuple[float, ...], tuple[float, ...]]] = {
-    # name: (num_classes, channels, size, mean, std)
-    "mnist": (10, 1, 28, (0.1307,), (0.3081,)),
-    "mnist-mini": (10, 1, 28, (0.1307,), (0.3081,)),
-    "fashion-mnist": (10, 1, 28, (0.2860,), (0.3530,)),
-    "cifar10": (10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": (100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "svhn": (10, 3, 32, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
-    "tiny-imagenet": (200, 3, 64, (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)),
-}
-
 
 def register_model(
     name: str,
@@ -100,30 +88,12 @@ def model_spec(name: str) -> ModelSpec:
 
 
 def _dataset_defaults(dataset: str) -> tuple[int, int, int, tuple[float, ...], tuple[float, ...]]:
-    """(num_classes, channels, size, mean, std) of ``dataset`` from robustlab.data."""
-    try:
-        from robustlab.data import dataset_info
-    except ImportError:
-        if dataset not in _FALLBACK_DATASETS:
-            raise RobustlabError(
-                f"unknown dataset {dataset!r}; known: {', '.join(sorted(_FALLBACK_DATASETS))}"
-            ) from None
-        return _FALLBACK_DATASETS[dataset]
+    """(num_classes, channels, size, mean, std) of ``dataset``, from robustlab.data."""
+    from robustlab.data import dataset_info  # same layer; imported late to keep imports light
+
     info = dataset_info(dataset)
-    shape = getattr(info, "shape", None)
-    channels = getattr(info, "channels", None) or (shape[0] if shape else None)
-    size = getattr(info, "image_size", None) or getattr(info, "size", None)
-    if size is None and shape:
-        size = shape[-1]
-    if isinstance(size, (tuple, list)):
-        size = size[-1]
-    return (
-        int(info.num_classes),
-        int(channels),
-        int(size),
-        tuple(float(v) for v in info.mean),
-        tuple(float(v) for v in info.std),
-    )
+    channels, _, width = info.shape
+    return info.num_classes, channels, width, tuple(info.mean), tuple(info.std)
 
 
 def create_model(
