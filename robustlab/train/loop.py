@@ -1,0 +1,610 @@
+"""The training loop: ``train(config) -> run directory``.
+
+One code path for one process and for DistributedDataParallel (``torchrun``): data sharded by
+rank, gradients averaged by DDP, every file written by rank 0. Per step: the objective's loss
+(under autocast when ``train.amp`` is set), backward, optional gradient clipping, optimizer and
+per-step schedule, EMA. Logged values stay on the device and are synchronized only every
+``train.log_every`` steps and at the end of an epoch. At the end of each epoch: robust
+validation on the held-out split, ``best.pt`` selection, callbacks, ``last.pt``. Checkpoints
+hold everything needed to resume bit-exactly (weights, optimizer, scheduler, EMA, scaler,
+every RNG, the position in the epoch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from robustlab.attacks.base import attack_mode, make_generator
+from robustlab.attacks.core import get_loss, perturb_iterative
+from robustlab.attacks.threat import make_threat
+from robustlab.config import Config, ValidationConfig, check_objective, config_from_dict
+from robustlab.errors import ConfigError, RobustlabError
+from robustlab.io import append_jsonl, atomic_write_text, write_json
+from robustlab.train.callbacks import EpochContext, build_callbacks
+from robustlab.train.checkpoint import (
+    CHECKPOINT_DIR,
+    build_model,
+    load_checkpoint,
+    read_run_config,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from robustlab.train.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    cleanup_distributed,
+    setup_distributed,
+)
+from robustlab.train.ema import ModelEMA
+from robustlab.train.optim import build_optimizer, build_scheduler
+from robustlab.train.rundir import (
+    CONFIG,
+    METRICS,
+    SUMMARY,
+    default_run_dir,
+    is_complete,
+    prepare_run_dir,
+    remove_if_unused,
+    truncate_metrics,
+)
+
+__all__ = ["train", "validate", "Trainer"]
+
+# Keys that may differ between a stored run configuration and the one given with --resume.
+_RESUMABLE_DIFFS = {"train.progress", "train.device", "train.log_every", "train.tensorboard"}
+
+
+def train(
+    config: Config | dict[str, Any],
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+) -> Path:
+    """Train according to ``config``; returns the run directory (complete on return).
+
+    ``run_dir`` defaults to ``runs/<config.name>``. With ``resume`` the run continues from
+    ``RUN/checkpoints/last.pt`` (or starts if there is none yet); a complete run is returned
+    as is. Launched by ``torchrun`` this trains with DistributedDataParallel.
+    """
+    cfg = config if isinstance(config, Config) else config_from_dict(config)
+    objective = check_objective(cfg)  # unknown objective / bad hyperparameters, before any I/O
+    callbacks = build_callbacks(cfg)
+    started_pg = not torch.distributed.is_initialized()
+    dist = setup_distributed(cfg.train.device)
+    try:
+        trainer = Trainer(cfg, objective, callbacks, dist, run_dir, resume)
+        return trainer.run()
+    finally:
+        if started_pg:
+            cleanup_distributed()
+
+
+def _check_setup(cfg: Config, dist: DistInfo) -> None:
+    if cfg.data.batch_size % dist.world_size:
+        raise ConfigError(
+            f"data.batch_size: the global batch {cfg.data.batch_size} must be divisible by "
+            f"the number of processes ({dist.world_size})"
+        )
+    if cfg.train.amp == "fp16" and dist.device.type != "cuda":
+        raise ConfigError("train.amp: fp16 needs a CUDA device; use bf16 on the CPU")
+
+
+class Trainer:
+    """State of one training run; :meth:`run` executes it. Use :func:`train` instead."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        objective: Any,
+        callbacks: list[Any],
+        dist: DistInfo,
+        run_dir: str | Path | None,
+        resume: bool,
+    ) -> None:
+        self.cfg, self.objective, self.callbacks, self.dist = cfg, objective, callbacks, dist
+        self.resume = resume
+        self.run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg.name)
+        self.device = dist.device
+        self.main = dist.is_main
+        self.tb: Any = None
+
+    # ------------------------------------------------------------------------------ setup
+    def _prepare(self) -> None:
+        cfg, dist = self.cfg, self.dist
+        _check_setup(cfg, dist)
+        ckpt_path = self.run_dir / CHECKPOINT_DIR / "last.pt"
+        self.created = False
+        if self.main:
+            self.run_dir, self.created = prepare_run_dir(self.run_dir, self.resume)
+        barrier()
+        if self.resume and (self.run_dir / CONFIG).is_file():
+            _check_same_config(read_run_config(self.run_dir), cfg, self.run_dir)
+        self.ckpt = load_checkpoint(ckpt_path) if self.resume and ckpt_path.is_file() else None
+
+        from robustlab.data import Augment, DeviceLoader, load_data
+
+        self.data = load_data(
+            cfg.data.dataset, cfg.data.data_dir, cfg.data.n_train, cfg.data.n_val, cfg.seed
+        )
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        model = build_model(cfg).to(self.device)
+        if cfg.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if dist.distributed and cfg.train.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model
+        self.objective.setup(model, self.data.train, self.device)
+
+        aug = cfg.data.augment
+        augment = Augment(aug.crop_padding, aug.hflip) if aug.crop_padding or aug.hflip else None
+        per_rank = cfg.data.batch_size // dist.world_size
+        self.loader = DeviceLoader(
+            self.data.train,
+            per_rank,
+            shuffle=True,
+            augment=augment,
+            seed=cfg.seed,
+            device=self.device,
+            drop_last=True,
+            rank=dist.rank,
+            world_size=dist.world_size,
+        )
+        self.steps_per_epoch = len(self.loader)
+        if self.steps_per_epoch == 0:
+            raise ConfigError(
+                f"data.batch_size: {cfg.data.batch_size} is larger than the "
+                f"{len(self.data.train)} training images; lower it or raise data.n_train"
+            )
+        self.total_steps = self.steps_per_epoch * cfg.train.epochs
+        self.optimizer = build_optimizer(model, cfg.optim, self.device)
+        self.scheduler = build_scheduler(
+            self.optimizer, cfg.schedule, self.steps_per_epoch, cfg.train.epochs, cfg.optim.lr
+        )
+        self.ema = (
+            ModelEMA(model, cfg.train.ema_decay, cfg.train.ema_warmup)
+            if (cfg.train.ema_decay > 0)
+            else None
+        )
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.train.amp == "fp16" else None
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.amp)
+
+        inner: nn.Module = model
+        if cfg.train.compile:
+            inner = torch.compile(model)  # type: ignore[assignment]
+        self.inner_model = inner
+        if dist.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model: nn.Module = DDP(inner, device_ids=ids)
+        else:
+            self.train_model = inner
+        self.generator = make_generator(cfg.seed * 1000 + dist.rank + 1, self.device)
+        torch.manual_seed(cfg.seed * 1000 + dist.rank + 1)  # dropout and the like, per rank
+
+    # ------------------------------------------------------------------------------ run
+    def run(self) -> Path:
+        if self.resume and is_complete(self.run_dir):
+            if self.main:
+                print(f"robustlab: run {self.run_dir} is already complete")
+            return self.run_dir
+        try:
+            self._prepare()
+        except BaseException:
+            if self.main and getattr(self, "created", False):
+                remove_if_unused(self.run_dir, True)
+            raise
+        cfg = self.cfg
+        self.epoch, self.batch, self.step = 0, 0, 0
+        self.best: dict[str, Any] | None = None
+        self.sums: dict[str, Tensor] = {}
+        if self.ckpt is not None:
+            self._restore(self.ckpt)
+            if self.main:
+                truncate_metrics(self.run_dir, self.step)
+        elif self.main:
+            atomic_write_text(self.run_dir / CONFIG, cfg.to_yaml())
+            (self.run_dir / METRICS).unlink(missing_ok=True)
+        self.ckpt = None
+        if self.main and cfg.train.tensorboard:
+            self.tb = _tensorboard_writer(self.run_dir / "tensorboard")
+        barrier()
+        t_start = time.perf_counter()
+        images = 0
+        last_record: dict[str, Any] = {}
+        while self.epoch < cfg.train.epochs:
+            t0 = time.perf_counter()
+            start_batch = self.batch
+            self._train_epoch()
+            dt = time.perf_counter() - t0
+            n_img = (self.steps_per_epoch - start_batch) * cfg.data.batch_size
+            images += n_img
+            last_record = self._end_epoch(dt, n_img)
+        total = time.perf_counter() - t_start
+        if self.main:
+            self._finish(last_record, total, images)
+        barrier()
+        if self.tb is not None:
+            self.tb.close()
+        return self.run_dir
+
+    # ------------------------------------------------------------------------------ epochs
+    def _batches(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """This epoch's batches from the current position (skipped batches are regenerated,
+        which keeps the augmentation stream identical to an uninterrupted run)."""
+        self.loader.set_epoch(self.epoch)
+        it = iter(self.loader)
+        for _ in range(self.batch):
+            next(it)
+        yield from it
+
+    def _train_epoch(self) -> None:
+        from robustlab.objectives import StepState
+
+        cfg = self.cfg
+        model, tm = self.model, self.train_model
+        tm.train()
+        state = StepState(
+            raw_model=self.inner_model,
+            epoch=self.epoch,
+            step=self.step,
+            epochs=cfg.train.epochs,
+            generator=self.generator,
+            steps_per_epoch=self.steps_per_epoch,
+        )
+        log_every, ck_every = cfg.train.log_every, cfg.train.checkpoint_every
+        clip = cfg.optim.clip_grad_norm
+        cl = cfg.train.channels_last
+        params = [p for p in model.parameters() if p.requires_grad]
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.amp_dtype)
+            if self.amp_dtype is not None
+            else contextlib.nullcontext()
+        )
+        window: dict[str, Tensor] = {}
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            initial=self.batch,
+            desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}",
+            disable=not (self.main and cfg.train.progress),
+            leave=False,
+            dynamic_ncols=True,
+        )
+        opt, sched, scaler = self.optimizer, self.scheduler, self.scaler
+        for x, y, idx in self._batches():
+            if cl:
+                x = x.contiguous(memory_format=torch.channels_last)
+            state.step = self.step
+            with autocast:
+                loss, logs = self.objective(tm, x, y, idx, state)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                if clip is not None:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(params, clip)
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                if clip is not None:
+                    torch.nn.utils.clip_grad_norm_(params, clip)
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+            if self.ema is not None:
+                self.ema.update(model)
+            self.step += 1
+            self.batch += 1
+            _accumulate(window, loss, logs)
+            bar.update(1)
+            if log_every and self.step % log_every == 0:
+                rec = self._reduce(window)
+                _merge(self.sums, window)
+                window = {}
+                _check_finite(rec, self.step)
+                rec = {"kind": "step", "epoch": self.epoch, "step": self.step, **rec}
+                rec["lr"] = sched.get_last_lr()[0]
+                self._log(rec)
+                bar.set_postfix(loss=f"{rec['loss']:.4g}", refresh=False)
+            if ck_every and self.step % ck_every == 0 and self.batch < self.steps_per_epoch:
+                _merge(self.sums, window)
+                window = {}
+                self._save_last()
+        _merge(self.sums, window)
+        bar.close()
+
+    def _end_epoch(self, seconds: float, images: int) -> dict[str, Any]:
+        cfg = self.cfg
+        rec: dict[str, Any] = {"kind": "epoch", "epoch": self.epoch, "step": self.step}
+        train_stats = self._reduce(self.sums)
+        _check_finite(train_stats, self.step)
+        rec.update({f"train_{k}": v for k, v in train_stats.items()})
+        rec["lr"] = self.scheduler.get_last_lr()[0]
+        rec["time_s"] = seconds
+        rec["images_per_s"] = images / seconds if seconds > 0 else None
+        delivered = self.ema.module if self.ema is not None else self.model
+        val = cfg.validation
+        last_epoch = self.epoch + 1 == cfg.train.epochs
+        if self.data.val is not None and val.every and ((self.epoch + 1) % val.every == 0):
+            metrics = validate(
+                delivered,
+                self.data.val,
+                val,
+                cfg.data.eval_batch_size,
+                self.device,
+                seed=cfg.seed + self.epoch,
+                rank=self.dist.rank,
+                world_size=self.dist.world_size,
+                channels_last=cfg.train.channels_last,
+            )
+            rec.update(metrics)
+            key = "val_robust_acc" if val.select == "robust" and val.attack else "val_clean_acc"
+            if self.best is None or metrics[key] > self.best["value"]:
+                self.best = {"epoch": self.epoch, "step": self.step, "metric": key}
+                self.best["value"] = metrics[key]
+                if self.main:
+                    self._save_best(delivered)
+        elif last_epoch and self.best is None and self.main:
+            self._save_best(delivered)  # no validation: the final model is the best we have
+        if self.main and self.callbacks:
+            ctx = EpochContext(
+                model=delivered.eval(),
+                raw_model=self.model,
+                data=self.data,
+                epoch=self.epoch,
+                step=self.step,
+                run_dir=self.run_dir,
+                config=cfg,
+                device=self.device,
+                rank=self.dist.rank,
+            )
+            for spec, cb in self.callbacks:
+                if (self.epoch + 1) % spec.every == 0 or last_epoch:
+                    cb.on_epoch_end(ctx)
+            rec.update(ctx.metrics)
+        barrier()
+        self._log(rec)
+        self.epoch += 1
+        self.batch = 0
+        self.sums = {}
+        self._save_last()
+        return rec
+
+    def _finish(self, last: dict[str, Any], seconds: float, images: int) -> None:
+        cfg = self.cfg
+        summary = {
+            "name": cfg.name,
+            "complete": True,
+            "epochs": cfg.train.epochs,
+            "steps": self.step,
+            "world_size": self.dist.world_size,
+            "device": str(self.device),
+            "objective": {"name": cfg.objective.name, **cfg.objective.params},
+            "model": cfg.model.name,
+            "dataset": cfg.data.dataset,
+            "n_train": len(self.data.train),
+            "n_val": len(self.data.val) if self.data.val is not None else 0,
+            "time_s": seconds,
+            "images_per_s": images / seconds if seconds > 0 else None,
+            "final": {k: v for k, v in last.items() if k != "kind"},
+            "best": self.best,
+            "checkpoints": {
+                "best": f"{CHECKPOINT_DIR}/best.pt",
+                "last": f"{CHECKPOINT_DIR}/last.pt",
+            },
+        }
+        write_json(self.run_dir / SUMMARY, summary)
+
+    # ------------------------------------------------------------------------------ logging
+    def _reduce(self, sums: dict[str, Tensor]) -> dict[str, float]:
+        """Means over steps (and ranks) of accumulated values: one device sync."""
+        if not sums:
+            return {}
+        keys = sorted(sums)
+        flat = torch.stack([sums[k].to(torch.float64).reshape(2) for k in keys])
+        all_reduce_sum(flat)
+        vals = flat.tolist()
+        return {k: (s / n if n else float("nan")) for k, (s, n) in zip(keys, vals, strict=True)}
+
+    def _log(self, rec: dict[str, Any]) -> None:
+        if not self.main:
+            return
+        append_jsonl(self.run_dir / METRICS, rec)
+        if self.tb is not None:
+            prefix = "step" if rec["kind"] == "step" else "epoch"
+            for k, v in rec.items():
+                if isinstance(v, (int, float)) and k not in ("kind", "step", "epoch"):
+                    self.tb.add_scalar(f"{prefix}/{k}", v, rec["step"])
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def _payload(self) -> dict[str, Any]:
+        rank_state = {"rng": rng_state(), "generator": self.generator.get_state()}
+        ranks = _gather_objects(rank_state)
+        obj_state = self.objective.state_dict() if hasattr(self.objective, "state_dict") else None
+        return {
+            "format": 1,
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "step": self.step,
+            "world_size": self.dist.world_size,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "ranks": ranks,
+            "sums": {k: v.detach().cpu() for k, v in self.sums.items()},
+            "best": self.best,
+            "objective": obj_state,
+        }
+
+    def _save_last(self) -> None:
+        payload = self._payload()  # a collective under DDP: every rank builds it
+        if self.main:
+            save_checkpoint(self.run_dir / CHECKPOINT_DIR / "last.pt", payload)
+        barrier()
+
+    def _save_best(self, delivered: nn.Module) -> None:
+        save_checkpoint(
+            self.run_dir / CHECKPOINT_DIR / "best.pt",
+            {
+                "model": delivered.state_dict(),
+                "epoch": self.epoch,
+                "step": self.step,
+                "best": self.best,
+                "ema": self.ema is not None,
+            },
+        )
+
+    def _restore(self, ck: dict[str, Any]) -> None:
+        if int(ck.get("world_size", 1)) != self.dist.world_size:
+            raise RobustlabError(
+                f"{self.run_dir} was trained with {ck.get('world_size')} processes; resume it "
+                f"with the same number (got {self.dist.world_size})"
+            )
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        if self.scaler is not None and ck.get("scaler") is not None:
+            self.scaler.load_state_dict(ck["scaler"])
+        if self.ema is not None and ck.get("ema") is not None:
+            self.ema.load_state_dict(ck["ema"])
+        if ck.get("objective") is not None and hasattr(self.objective, "load_state_dict"):
+            self.objective.load_state_dict(ck["objective"])
+        mine = ck["ranks"][self.dist.rank]
+        set_rng_state(mine["rng"])
+        self.generator.set_state(mine["generator"])
+        self.epoch, self.batch, self.step = int(ck["epoch"]), int(ck["batch"]), int(ck["step"])
+        self.sums = {k: v.to(self.device) for k, v in ck.get("sums", {}).items()}
+        self.best = ck.get("best")
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def _accumulate(window: dict[str, Tensor], loss: Tensor, logs: dict[str, Any]) -> None:
+    """Add this step's values to running (sum, count) pairs without a device sync."""
+    items = [("loss", loss.detach())] + list(logs.items())
+    for k, v in items:
+        v = v.detach().float().reshape(()) if isinstance(v, Tensor) else torch.tensor(float(v))
+        pair = torch.stack([v.to(loss.device), torch.ones((), device=loss.device)])
+        if k in window:
+            window[k] += pair
+        else:
+            window[k] = pair
+
+
+def _merge(into: dict[str, Tensor], window: dict[str, Tensor]) -> None:
+    for k, v in window.items():
+        into[k] = into[k] + v if k in into else v.clone()
+
+
+def _check_finite(rec: dict[str, float], step: int) -> None:
+    loss = rec.get("loss")
+    if loss is not None and not math.isfinite(loss):
+        raise RobustlabError(
+            f"training diverged: the loss is {loss} at step {step}; lower optim.lr, set "
+            "optim.clip_grad_norm or check the objective's hyperparameters"
+        )
+
+
+def _gather_objects(obj: Any) -> list[Any]:
+    import torch.distributed as tdist
+
+    if tdist.is_initialized() and tdist.get_world_size() > 1:
+        out: list[Any] = [None] * tdist.get_world_size()
+        tdist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k not in ("kwargs",):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _check_same_config(stored: Config, given: Config, run_dir: Path) -> None:
+    a, b = _flatten(stored.to_dict()), _flatten(given.to_dict())
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in _RESUMABLE_DIFFS)
+    if diff:
+        shown = ", ".join(f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in diff[:5])
+        raise ConfigError(
+            f"cannot resume {run_dir}: the configuration differs from the stored one in {shown}"
+        )
+
+
+def _tensorboard_writer(path: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard not installed
+        return None
+    try:
+        return SummaryWriter(str(path))
+    except Exception as e:  # pragma: no cover - e.g. a broken tensorboard install
+        warnings.warn(f"TensorBoard disabled: {e}", stacklevel=2)
+        return None
+
+
+def validate(
+    model: nn.Module,
+    split: Any,
+    cfg: ValidationConfig,
+    batch_size: int,
+    device: torch.device,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    channels_last: bool = False,
+) -> dict[str, float]:
+    """Clean and PGD accuracy of ``model`` on the first ``cfg.n`` images of ``split``.
+
+    A sample counts as robust when both its clean and its adversarial prediction are right.
+    Under DDP every rank takes every ``world_size``-th image and the counts are summed.
+    """
+    n = len(split) if cfg.n is None else min(cfg.n, len(split))
+    idx = torch.arange(rank, n, world_size)
+    counts = torch.zeros(3, dtype=torch.float64, device=device)
+    atk = cfg.attack
+    threat = make_threat(atk.norm, atk.eps) if atk is not None else None
+    gen = make_generator(seed, device)
+    with attack_mode(model):
+        for chunk in idx.split(batch_size):
+            x = split.images[chunk].to(device).float().div_(255.0)
+            y = split.labels[chunk].to(device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.no_grad():
+                ok = model(x).argmax(1) == y
+            counts[0] += ok.sum()
+            counts[2] += y.numel()
+            if atk is not None and threat is not None:
+                step_size = atk.step_size or 2.5 * atk.eps / atk.steps
+                x_adv = perturb_iterative(
+                    model, x, y, threat, atk.steps, step_size, get_loss(atk.loss), True, gen
+                )
+                with torch.no_grad():
+                    ok &= model(x_adv).argmax(1) == y
+                counts[1] += ok.sum()
+    all_reduce_sum(counts)
+    clean, robust, total = counts.tolist()
+    out = {"val_clean_acc": clean / max(total, 1), "val_n": int(total)}
+    if atk is not None:
+        out["val_robust_acc"] = robust / max(total, 1)
+    return out
