@@ -205,3 +205,16 @@ def test_dataset_constants_come_from_robustlab_data() -> None:
     # explicit arguments override the dataset's
     m = create_model("resnet18", dataset="cifar10", num_classes=7, width=8)
     assert m.linear.out_features == 7
+
+
+def test_seeded_creation_is_reproducible_and_leaves_global_rng() -> None:
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    a = create_model("cifar_cnn", seed=5)
+    assert torch.equal(torch.rand(1), expected_next)  # global RNG untouched
+    b = create_model("cifar_cnn", seed=5)
+    c = create_model("cifar_cnn", seed=6)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+    assert not torch.equal(a.features[0].weight, c.features[0].weight)

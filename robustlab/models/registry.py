@@ -5,8 +5,9 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+import torch
 from torch import nn
 
 from robustlab.errors import ConfigError, RobustlabError
@@ -15,6 +16,7 @@ from robustlab.models.layers import ImageClassifier, check_act, check_norm
 __all__ = ["ModelSpec", "register_model", "create_model", "available_models", "model_spec"]
 
 Builder = Callable[..., ImageClassifier]
+B = TypeVar("B", bound=Builder)
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ def register_model(
     input_size: int = 32,
     norm: str = "bn",
     dataset_normalization: bool = True,
-) -> Callable[[Builder], Builder]:
+) -> Callable[[B], B]:
     """Decorator registering a model class (or builder) called with ``num_classes, in_channels,
     input_size, norm, act`` and its own keyword options.
 
@@ -54,7 +56,7 @@ def register_model(
     without a dataset; ``norm`` is the architecture's default normalization layer.
     """
 
-    def deco(builder: Builder) -> Builder:
+    def deco(builder: B) -> B:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
         doc = (inspect.getdoc(builder) or "").strip().splitlines()
@@ -106,6 +108,7 @@ def create_model(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     input_size: int | None = None,
+    seed: int | None = None,
     **kw: Any,
 ) -> nn.Module:
     """Build architecture ``name`` taking [0, 1] images and returning logits.
@@ -113,7 +116,9 @@ def create_model(
     ``dataset`` supplies the number of classes, input channels, image size and normalization
     constants; explicit arguments override it. ``norm`` is ``"bn"``, ``"gn"`` or ``"none"``
     (None: the architecture's default), ``act`` is ``"relu"`` or ``"silu"``. Extra keywords
-    go to the architecture (e.g. ``depth``/``widen_factor`` for ``wideresnet``).
+    go to the architecture (e.g. ``depth``/``widen_factor`` for ``wideresnet``). ``seed``
+    makes the weight initialization reproducible without touching the global RNG (None: draw
+    from the global torch RNG).
     """
     spec = model_spec(name)
     n_cls, ch, size = spec.num_classes, spec.in_channels, spec.input_size
@@ -139,9 +144,12 @@ def create_model(
     if bad and not accepts_var_kw:
         hint = f"; it accepts {', '.join(allowed)}" if allowed else ""
         raise ConfigError(f"model {name!r} got unknown option(s) {', '.join(bad)}{hint}")
-    model = spec.builder(
-        num_classes=n_cls, in_channels=ch, input_size=size, norm=norm, act=act, **kw
-    )
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(int(seed))
+        model = spec.builder(
+            num_classes=n_cls, in_channels=ch, input_size=size, norm=norm, act=act, **kw
+        )
     if mean is not None or std is not None:
         if mean is None or std is None:
             raise ConfigError("give both mean and std for the input normalization, or neither")
