@@ -7,13 +7,39 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from robustlab.errors import ConfigError
 
 __all__ = ["register", "run"]
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """Accepts options between positionals (``RECIPE --run-dir D key=value``)."""
+
+    _inner = False
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if self._inner:
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
+    saved = subparsers._parser_class
+    subparsers._parser_class = _IntermixedParser
+    try:
+        p = _add_parser(subparsers)
+    finally:
+        subparsers._parser_class = saved
+    p.set_defaults(func=run)
+
+
+def _add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "train",
         help="train a model from a recipe",
@@ -36,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default=None, help="shortcut for train.device=DEVICE")
     p.add_argument("--data-dir", default=None, help="shortcut for data.data_dir=DIR")
-    p.set_defaults(func=run)
+    return p
 
 
 def run(args: argparse.Namespace) -> int:

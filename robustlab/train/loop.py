@@ -128,8 +128,6 @@ class Trainer:
         if self.main:
             self.run_dir, self.created = prepare_run_dir(self.run_dir, self.resume)
         barrier()
-        if self.resume and (self.run_dir / CONFIG).is_file():
-            _check_same_config(read_run_config(self.run_dir), cfg, self.run_dir)
         self.ckpt = load_checkpoint(ckpt_path) if self.resume and ckpt_path.is_file() else None
 
         from robustlab.data import Augment, DeviceLoader, load_data
@@ -195,6 +193,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ run
     def run(self) -> Path:
+        if self.resume and (self.run_dir / CONFIG).is_file():
+            _check_same_config(read_run_config(self.run_dir), self.cfg, self.run_dir)
         if self.resume and is_complete(self.run_dir):
             if self.main:
                 print(f"robustlab: run {self.run_dir} is already complete")
