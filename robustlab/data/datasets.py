@@ -19,6 +19,7 @@ from robustlab.data.formats import (
     read_file_bytes,
     read_svhn_mat,
     read_tiny_imagenet,
+    tiny_imagenet_files,
 )
 from robustlab.data.info import DATASETS, Split, canonical_name, with_classes
 from robustlab.data.paths import resolve_data_root
@@ -206,6 +207,20 @@ def _load_svhn(folder: Path, split: str, verify: bool | None) -> tuple[np.ndarra
     return out
 
 
+def count_tiny_imagenet(folder: Path) -> dict[str, int]:
+    """Image counts of a Tiny-ImageNet folder's splits, checking its layout without decoding."""
+    counts = {}
+    for split, official in (("train", "train"), ("test", "val")):
+        paths, _, wnids = tiny_imagenet_files(folder, official)
+        missing = next((p for p in paths if not p.is_file()), None)
+        if missing is not None:
+            raise DataError(f"{missing}: file not found")
+        if len(wnids) != 200:
+            raise DataError(f"{folder}/wnids.txt lists {len(wnids)} classes, expected 200")
+        counts[split] = len(paths)
+    return counts
+
+
 def _tiny_classes(folder: Path, wnids: list[str]) -> tuple[str, ...]:
     words = folder / "words.txt"
     names: dict[str, str] = {}
@@ -273,10 +288,14 @@ def load_split(
     return Split(torch.from_numpy(images), torch.from_numpy(np.array(labels, dtype=np.int64)), info)
 
 
-def check_dataset(name: str, root: PathLike | None = None) -> dict[str, object]:
+def check_dataset(
+    name: str, root: PathLike | None = None, *, deep: bool = False
+) -> dict[str, object]:
     """Whether ``name`` is present and valid under the data root: loads every split with
-    checksums forced. Returns ``{"name", "status": "ok"|"missing"|"invalid", "path",
-    "splits": {split: count}, "message"}``; never raises for a missing or bad dataset."""
+    checksums forced (Tiny-ImageNet, which has no per-file checksums, is checked for its
+    layout and image counts; ``deep=True`` decodes every JPEG). Returns ``{"name",
+    "status": "ok"|"missing"|"invalid", "path", "splits": {split: count}, "message"}``;
+    never raises for a missing or bad dataset."""
     name = canonical_name(name)
     report: dict[str, object] = {"name": name, "status": "ok", "path": None, "splits": {}}
     try:
@@ -285,6 +304,13 @@ def check_dataset(name: str, root: PathLike | None = None) -> dict[str, object]:
         report.update(status="missing", message=str(e))
         return report
     counts: dict[str, int] = {}
+    if name == "tiny-imagenet" and not deep:
+        try:
+            counts = count_tiny_imagenet(Path(str(report["path"])))
+        except DataError as e:
+            report.update(status="invalid", message=str(e))
+        report["splits"] = counts
+        return report
     for split in SPLITS[name]:
         if name == "svhn" and split == "extra":
             folder = Path(str(report["path"]))

@@ -22,7 +22,9 @@ __all__ = [
     "load_cifar_pickle",
     "parse_cifar_pickle",
     "read_svhn_mat",
+    "read_cifar_meta",
     "read_tiny_imagenet",
+    "tiny_imagenet_files",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -254,6 +256,12 @@ def read_tiny_imagenet(folder: PathLike, split: str) -> tuple[np.ndarray, np.nda
     labels from ``val/val_annotations.txt`` (the official test labels were never released).
     Class indices follow the order of ``wnids.txt``.
     """
+    paths, labels, wnids = tiny_imagenet_files(folder, split)
+    return _decode_jpegs(paths), labels, wnids
+
+
+def tiny_imagenet_files(folder: PathLike, split: str) -> tuple[list[Path], np.ndarray, list[str]]:
+    """The image paths, labels and WordNet ids of a Tiny-ImageNet split (no decoding)."""
     folder = Path(folder)
     wnid_file = folder / "wnids.txt"
     if not wnid_file.is_file():
@@ -288,4 +296,4 @@ def read_tiny_imagenet(folder: PathLike, split: str) -> tuple[np.ndarray, np.nda
         raise DataError(f"Tiny-ImageNet has splits 'train' and 'val', not {split!r}")
     if not paths:
         raise DataError(f"{folder}: no Tiny-ImageNet {split} images found")
-    return _decode_jpegs(paths), np.asarray(labels, dtype=np.int64), wnids
+    return paths, np.asarray(labels, dtype=np.int64), wnids
