@@ -16,6 +16,7 @@ from robustlab.objectives.base import (
     register_objective,
 )
 from robustlab.objectives.distill import Distill
+from robustlab.objectives.dyart import DyART
 from robustlab.objectives.fisher import FisherReg
 from robustlab.objectives.mart import MART
 from robustlab.objectives.pgd_at import PGDAT, FastAT
@@ -32,6 +33,7 @@ __all__ = [
     "objective_class",
     "register_objective",
     "Distill",
+    "DyART",
     "EntM",
     "FastAT",
     "FisherReg",
