@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
@@ -189,7 +191,10 @@ class Trainer:
         else:
             self.train_model = inner
         self.generator = make_generator(cfg.seed * 1000 + dist.rank + 1, self.device)
-        torch.manual_seed(cfg.seed * 1000 + dist.rank + 1)  # dropout and the like, per rank
+        # Global RNGs (dropout and any library drawing from them), distinct per rank.
+        torch.manual_seed(cfg.seed * 1000 + dist.rank + 1)
+        np.random.seed((cfg.seed * 1000 + dist.rank + 1) % 2**32)
+        random.seed(cfg.seed * 1000 + dist.rank + 1)
 
     # ------------------------------------------------------------------------------ run
     def run(self) -> Path:
