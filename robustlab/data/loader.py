@@ -45,16 +45,22 @@ def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
     return ((a << 32) | b) & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def _source_coords(offsets: Tensor, size: int, pad: int, mode: str) -> tuple[Tensor, Tensor | None]:
-    """Source pixel coordinates (B, size) of a crop starting at ``offsets`` in the padded
-    image, mapped back into the unpadded one; for zero padding also the validity mask."""
-    coords = offsets[:, None] + torch.arange(size, device=offsets.device)[None, :] - pad
-    if mode == "reflect":
-        coords = coords.abs()
-        coords = torch.where(coords >= size, 2 * (size - 1) - coords, coords)
-        return coords, None
-    valid = (coords >= 0) & (coords < size)
-    return coords.clamp_(0, size - 1), valid
+def pad_images(images: Tensor, pad: int, mode: str = "constant") -> Tensor:
+    """uint8 images padded by ``pad`` pixels on each side: zeros, or mirrored ("reflect",
+    the edge pixel not repeated), built with index_select so it works on uint8."""
+    if pad == 0:
+        return images
+    h, w = images.shape[-2:]
+    if mode == "constant":
+        return torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    if pad >= min(h, w):
+        raise DataError(f"reflect padding {pad} needs images larger than {pad} pixels")
+
+    def reflect(n: int) -> Tensor:
+        i = torch.arange(-pad, n + pad, device=images.device).abs()
+        return torch.where(i >= n, 2 * (n - 1) - i, i)
+
+    return images.index_select(2, reflect(h)).index_select(3, reflect(w))
 
 
 class DeviceLoader:
@@ -92,7 +98,13 @@ class DeviceLoader:
         if len(split) == 0:
             raise DataError(f"{split.info.name}: cannot iterate over an empty split")
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.images = split.images.to(self.device, non_blocking=True).contiguous()
+        images = split.images.to(self.device, non_blocking=True).contiguous()
+        pad = augment.crop_padding if augment is not None else 0
+        # With augmentation, only the padded copy is kept; ``images`` is a view of its centre.
+        self._padded = pad_images(images, pad, augment.padding_mode) if augment else images
+        h, w = images.shape[-2:]
+        self.images = self._padded[:, :, pad : pad + h, pad : pad + w] if pad else images
+        del images
         self.labels = split.labels.to(self.device, non_blocking=True)
         self.info = split.info
         self.batch_size = int(batch_size)
@@ -142,33 +154,26 @@ class DeviceLoader:
         return order.to(self.device)
 
     def _augment(self, idx: Tensor, gen: torch.Generator) -> Tensor:
+        """Crop + flip of the samples ``idx`` as one gather from the padded uint8 tensor:
+        flat index = sample + channel + (row offset + h) * Wp + column (mirrored if flipped)."""
         aug = self.augment
         assert aug is not None
-        b = idx.shape[0]
-        _, c, h, w = self.images.shape
-        pad = aug.crop_padding
-        dev = self.device
-        oy = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=gen)
-        ox = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=gen)
-        rows, rvalid = _source_coords(oy, h, pad, aug.padding_mode)
-        cols, cvalid = _source_coords(ox, w, pad, aug.padding_mode)
+        b, dev = idx.shape[0], self.device
+        _, c, hp, wp = self._padded.shape
+        h, w = self.images.shape[-2:]
+        span = 2 * aug.crop_padding + 1
+        oy = torch.randint(0, span, (b,), device=dev, generator=gen)
+        ox = torch.randint(0, span, (b,), device=dev, generator=gen)
+        cols = ox[:, None] + torch.arange(w, device=dev)
         if aug.hflip:
             flip = torch.rand(b, device=dev, generator=gen) < 0.5
             cols = torch.where(flip[:, None], cols.flip(1), cols)
-            if cvalid is not None:
-                cvalid = torch.where(flip[:, None], cvalid.flip(1), cvalid)
-        # One gather: (B,1,1,1) sample x (1,C,1,1) channel x (B,1,H,1) row x (B,1,1,W) column.
-        x = self.images[
-            idx[:, None, None, None],
-            torch.arange(c, device=dev)[None, :, None, None],
-            rows[:, None, :, None],
-            cols[:, None, None, :],
-        ]
-        x = x.to(self.dtype).div_(255.0)
-        if rvalid is not None and cvalid is not None and pad > 0:
-            mask = rvalid[:, None, :, None] & cvalid[:, None, None, :]
-            x.mul_(mask)
-        return x
+        rows = (oy[:, None] + torch.arange(h, device=dev)) * wp
+        chan = torch.arange(c, device=dev) * (hp * wp)
+        base = idx * (c * hp * wp)
+        flat = (base[:, None, None, None] + chan[None, :, None, None]) + rows[:, None, :, None]
+        flat = flat + cols[:, None, None, :]
+        return torch.take(self._padded, flat)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         epoch = self.epoch
@@ -181,8 +186,6 @@ class DeviceLoader:
         stop = self.num_samples
         for start in range(0, stop, self.batch_size):
             idx = order[start : min(start + self.batch_size, stop)]
-            if gen is not None:
-                x = self._augment(idx, gen)
-            else:
-                x = self.images[idx].to(self.dtype).div_(255.0)
-            yield x, self.labels[idx], idx
+            x = self._augment(idx, gen) if gen is not None else self.images[idx]
+            x = torch.div(x, 255.0)  # uint8 -> float32 in one pass
+            yield x if self.dtype == torch.float32 else x.to(self.dtype), self.labels[idx], idx
