@@ -251,7 +251,9 @@ def test_svhn_mat(tmp_path):
         load_split("svhn", "train", tmp_path, verify=False)
 
 
-def test_tiny_imagenet_folder(tmp_path):
+def test_tiny_imagenet_folder(tmp_path, monkeypatch):
+    from robustlab.data import datasets
+
     image = pytest.importorskip("PIL.Image")
     folder = tmp_path / "tiny-imagenet-200"
     wnids = [f"n{k:08d}" for k in range(200)]
@@ -283,6 +285,14 @@ def test_tiny_imagenet_folder(tmp_path):
     val = load_split("tiny-imagenet", "test", tmp_path)
     assert val.labels.tolist() == [5, 199]
     assert val.images[0].double().mean().item() == pytest.approx(128, abs=2)
+    # decoded splits are cached (keyed by file names, sizes, mtimes) when large enough
+    monkeypatch.setattr(datasets, "TINY_CACHE_MIN_IMAGES", 1)
+    first = load_split("tiny-imagenet", "train", tmp_path)
+    cached = list((Path(os.environ["XDG_CACHE_HOME"]) / "robustlab" / "decoded").glob("*.npy"))
+    assert len(cached) == 1
+    monkeypatch.setattr(datasets, "read_tiny_imagenet", None)  # a decode would now fail
+    assert torch.equal(load_split("tiny-imagenet", "train", tmp_path).images, first.images)
+    monkeypatch.undo()
     (folder / "val" / "images" / "val_1.JPEG").write_bytes(b"\xff\xd8\xff garbage")
     with pytest.raises(DataError, match="val_1.JPEG: truncated or corrupt JPEG"):
         load_split("tiny-imagenet", "val", tmp_path)

@@ -3,6 +3,7 @@ published checksums, and ``load_split(name, split)`` returning a verified :class
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -22,8 +23,9 @@ from robustlab.data.formats import (
     tiny_imagenet_files,
 )
 from robustlab.data.info import DATASETS, Split, canonical_name, with_classes
-from robustlab.data.paths import resolve_data_root
+from robustlab.data.paths import resolve_data_root, user_cache_dir
 from robustlab.errors import DataError
+from robustlab.io import atomic_path
 
 __all__ = ["load_split", "locate_dataset", "check_dataset", "SPLITS"]
 
@@ -72,6 +74,8 @@ SVHN_MD5 = {
     "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3",
     "extra_32x32.mat": "a93ce644f1a588dc4d68dda5feec44a7",
 }
+
+TINY_CACHE_MIN_IMAGES = 1000  # Tiny-ImageNet splits this large keep a decoded copy in the cache
 
 SPLITS: dict[str, tuple[str, ...]] = {
     "mnist": ("train", "test"),
@@ -221,6 +225,38 @@ def count_tiny_imagenet(folder: Path) -> dict[str, int]:
     return counts
 
 
+def _read_tiny_imagenet_cached(
+    folder: Path, split: str
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Tiny-ImageNet decoded once: large splits are kept as a .npy in the per-user cache,
+    keyed by every file's name, size and modification time (any change re-decodes)."""
+    paths, labels, wnids = tiny_imagenet_files(folder, split)
+    if len(paths) < TINY_CACHE_MIN_IMAGES:  # small folders decode fast: keep the cache clean
+        return read_tiny_imagenet(folder, split)
+    h = hashlib.md5(usedforsecurity=False)
+    h.update(f"{folder.resolve()}|{split}|{','.join(wnids)}".encode())
+    for p, y in zip(paths, labels.tolist(), strict=True):
+        st = p.stat()
+        h.update(f"{p.name}|{y}|{st.st_size}|{st.st_mtime_ns};".encode())
+    cache = user_cache_dir() / "decoded" / f"tiny-imagenet-{split}-{h.hexdigest()}.npy"
+    shape = (len(paths), 3, 64, 64)
+    if cache.is_file():
+        try:
+            images = np.load(cache, allow_pickle=False)
+            if images.shape == shape and images.dtype == np.uint8:
+                return images, labels, wnids
+        except (OSError, ValueError):
+            pass
+    images, labels2, _ = read_tiny_imagenet(folder, split)
+    try:
+        with atomic_path(cache) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, np.ascontiguousarray(images), allow_pickle=False)
+    except OSError:
+        pass  # an unwritable cache only costs speed
+    return images, labels2, wnids
+
+
 def _tiny_classes(folder: Path, wnids: list[str]) -> tuple[str, ...]:
     words = folder / "words.txt"
     names: dict[str, str] = {}
@@ -276,7 +312,7 @@ def load_split(
             images, labels = _load_svhn(folder, split, verify)
         else:  # tiny-imagenet
             official = "train" if split == "train" else "val"
-            images, labels, wnids = read_tiny_imagenet(folder, official)
+            images, labels, wnids = _read_tiny_imagenet_cached(folder, official)
             if len(wnids) != info.num_classes:
                 raise DataError(f"{folder}/wnids.txt lists {len(wnids)} classes, expected 200")
             info = with_classes(info, _tiny_classes(folder, wnids))
