@@ -178,8 +178,22 @@ def test_explicit_entry_and_missing_counters(tmp_path: Path) -> None:
         load_checkpoint(model, path, key="swa")
 
 
-def test_gn_checkpoint_into_bn_model_is_rejected(tmp_path: Path) -> None:
-    path = tmp_path / "gn.pt"
-    atomic_torch_save(create_model("cifar_cnn", norm="gn").state_dict(), path)
-    with pytest.raises(CheckpointError, match="missing keys.*running_mean"):
-        load_checkpoint(create_model("cifar_cnn", norm="bn"), path)
+def test_gn_bn_confusion_gets_a_hint(tmp_path: Path) -> None:
+    gn, bn = tmp_path / "gn.pt", tmp_path / "bn.pt"
+    atomic_torch_save(create_model("cifar_cnn", norm="gn").state_dict(), gn)
+    atomic_torch_save(create_model("cifar_cnn", norm="bn").state_dict(), bn)
+    with pytest.raises(CheckpointError, match="missing keys.*running_mean.*norm='gn'"):
+        load_checkpoint(create_model("cifar_cnn", norm="bn"), gn)
+    with pytest.raises(CheckpointError, match="unexpected keys.*running_var.*norm='bn'"):
+        load_checkpoint(create_model("cifar_cnn", norm="gn"), bn)
+
+
+def test_trades_wrn_sub_block1_hint(tmp_path: Path) -> None:
+    path = tmp_path / "wrn.pt"
+    atomic_torch_save(
+        create_model("wideresnet", depth=10, widen_factor=1, sub_block1=True).state_dict(), path
+    )
+    with pytest.raises(CheckpointError, match="sub_block1=True"):
+        load_checkpoint(create_model("wideresnet", depth=10, widen_factor=1), path)
+    model = create_model("wideresnet", depth=10, widen_factor=1, sub_block1=True)
+    assert load_checkpoint(model, path).num_tensors == len(model.state_dict())

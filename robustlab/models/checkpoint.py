@@ -190,7 +190,23 @@ def _mismatch_message(
         parts.append(_listing("shape mismatches (checkpoint vs model)", shown))
     n_ckpt = sum(t.numel() for t in sd.values())
     n_model = sum(t.numel() for t in target.values())
-    if _order_mapping(sd, target) is not None:
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    if unexpected and not missing and all(k.startswith("sub_block1.") for k in unexpected):
+        hint = (
+            "the checkpoint has the unused sub_block1 of the TRADES WideResNet: create the model "
+            "with sub_block1=True (command line: --model-kw sub_block1=true)"
+        )
+    elif missing and not unexpected and all(k.endswith(stats) for k in missing):
+        hint = (
+            "the model has BatchNorm running statistics that the checkpoint lacks: it was "
+            "probably trained with GroupNorm (norm='gn', command line: --norm gn)"
+        )
+    elif unexpected and all(k.endswith(stats) for k in unexpected):
+        hint = (
+            "the checkpoint has BatchNorm running statistics that the model lacks: it was "
+            "probably trained with BatchNorm (norm='bn', command line: --norm bn)"
+        )
+    elif _order_mapping(sd, target) is not None:
         hint = (
             "the tensors match the model in order and shape but the names differ: "
             "try remap='auto' (command line: --remap auto)"
