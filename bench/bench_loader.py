@@ -6,7 +6,10 @@ sample at a time (the usual torchvision-style pipeline, without PIL), then moves
 the device. Both are timed side by side in one process over the same number of images.
 
 Usage: python bench/bench_loader.py [--data-dir DIR] [--device cpu|cuda] [--images 20480]
-       [--workers 0] [--repeats 3]
+       [--workers 0] [--repeats 3] [--threads N]
+
+On a CPU shared with other jobs, use --threads 1: OpenMP threads that wait for busy cores
+slow every batched op down several times, which measures the machine, not the loader.
 Writes bench/results/loader.json and prints the same JSON.
 """
 
@@ -102,9 +105,12 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=20480, help="images timed per measurement")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     ap.add_argument("--repeats", type=int, default=3, help="best of this many measurements")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "loader.json")
     args = ap.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     split = load_split("cifar10", "train", args.data_dir)
     dev_rates, dl_rates = [], []
@@ -121,6 +127,7 @@ def main() -> None:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "batch_size": args.batch_size,
         "images_per_measurement": args.images,
         "dataloader_workers": args.workers,
