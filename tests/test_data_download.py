@@ -26,6 +26,7 @@ class _Server:
         self.files: dict[str, bytes] = {}
         self.cut_once: dict[str, int] = {}  # name -> bytes sent before closing the connection
         self.requests: list[tuple[str, str | None]] = []
+        self.ignore_range = False
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -38,6 +39,8 @@ class _Server:
                 name = self.path.lstrip("/")
                 rng = self.headers.get("Range")
                 server.requests.append((name, rng))
+                if server.ignore_range:
+                    rng = None
                 data = server.files.get(name)
                 if data is None:
                     self.send_error(404)
@@ -134,6 +137,16 @@ def test_interrupted_download_resumes_with_range(server, tmp_path):
     dl.fetch(res, dest, mirror=server.url)
     assert dest.read_bytes() == data and not part.exists()
     assert server.requests[-1] == ("big.bin", "bytes=300000-")
+
+
+def test_server_without_range_support_restarts(server, tmp_path):
+    data = bytes(range(256)) * 1000
+    res = dl.Resource("r.bin", ("unused",), _md5(data), None, "r.bin")
+    server.files["r.bin"] = data
+    (tmp_path / "r.bin.part").write_bytes(data[:1000])
+    server.ignore_range = True
+    assert dl.fetch(res, tmp_path / "r.bin", mirror=server.url).read_bytes() == data
+    assert server.requests == [("r.bin", "bytes=1000-")]
 
 
 def test_unreachable_source_is_a_clear_error(server, tmp_path):

@@ -133,6 +133,14 @@ def test_distributed_shards_partition_one_permutation(n, drop_last):
     assert torch.equal(shards[1][:4], perm[1::world][:4])
 
 
+def test_default_augment_follows_the_dataset():
+    from robustlab.data import default_augment
+
+    assert default_augment(dataset_info("mnist")) is None
+    assert default_augment(dataset_info("cifar10")) == Augment(4, hflip=True)
+    assert default_augment(dataset_info("svhn")) == Augment(4, hflip=False)
+
+
 def test_class_balanced_subset():
     labels = torch.arange(1000) % 10
     idx = class_balanced_subset(labels, 105, seed=0)

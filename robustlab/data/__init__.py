@@ -7,6 +7,7 @@
 """
 
 from robustlab.data.datasets import SPLITS, check_dataset, load_split, locate_dataset
+from robustlab.data.download import download_dataset
 from robustlab.data.info import (
     DataBundle,
     DatasetInfo,
@@ -15,7 +16,7 @@ from robustlab.data.info import (
     canonical_name,
     dataset_info,
 )
-from robustlab.data.loader import Augment, DeviceLoader
+from robustlab.data.loader import Augment, DeviceLoader, default_augment
 from robustlab.data.paths import default_data_root, resolve_data_root, user_cache_dir
 from robustlab.data.subsets import class_balanced_subset, load_data
 
@@ -31,6 +32,8 @@ __all__ = [
     "check_dataset",
     "class_balanced_subset",
     "dataset_info",
+    "default_augment",
+    "download_dataset",
     "default_data_root",
     "load_data",
     "load_split",

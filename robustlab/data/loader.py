@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from robustlab.data.info import Split
+from robustlab.data.info import DatasetInfo, Split
 from robustlab.errors import DataError
 
-__all__ = ["Augment", "DeviceLoader", "epoch_seed"]
+__all__ = ["Augment", "DeviceLoader", "default_augment", "epoch_seed", "pad_images"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,15 @@ class Augment:
             raise DataError(
                 f"padding_mode must be 'constant' or 'reflect', got {self.padding_mode!r}"
             )
+
+
+def default_augment(info: DatasetInfo) -> Augment | None:
+    """The usual training augmentation for a dataset: none for the grayscale digit/clothing
+    sets (MNIST, Fashion-MNIST), else a random crop with 4 pixels of zero padding, plus a
+    horizontal flip where it preserves the label (``info.hflip``: not for SVHN digits)."""
+    if info.shape[0] == 1:
+        return None
+    return Augment(crop_padding=4, hflip=info.hflip)
 
 
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
