@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from robustlab.attacks.threat import ThreatModel, make_threat
 from robustlab.errors import RobustlabError
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
     "register_attack",
     "create_attack",
     "available_attacks",
+    "resolve_threat",
+    "num_classes_of",
 ]
 
 
@@ -89,6 +92,32 @@ def check_labels(y: Tensor, num_classes: int) -> None:
         )
 
 
+def resolve_threat(
+    threat: Any = None, eps: float | str | Tensor | None = None, norm: str = "linf"
+) -> ThreatModel:
+    """The threat model of an attack: ``threat`` if given, else ``make_threat(norm, eps)``.
+
+    Raises a clear error when neither is given or when both disagree in kind.
+    """
+    if threat is not None:
+        if not isinstance(threat, ThreatModel):
+            raise RobustlabError(f"threat must be a ThreatModel, got {type(threat).__name__}")
+        return threat
+    if eps is None:
+        raise RobustlabError("an attack needs eps (and norm) or a threat model")
+    return make_threat(norm, eps)
+
+
+@torch.no_grad()
+def num_classes_of(model: nn.Module, x: Tensor) -> int:
+    """Number of classes the model predicts, from one forward pass on one input."""
+    out = model(x[:1])
+    if not isinstance(out, Tensor) or out.dim() != 2:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise RobustlabError(f"the model must return logits of shape (N, classes), got {shape}")
+    return int(out.shape[1])
+
+
 def make_generator(seed: int | None, device: torch.device | str) -> torch.Generator:
     """A ``torch.Generator`` on ``device`` seeded with ``seed`` (0 when None)."""
     g = torch.Generator(device=device)
@@ -114,6 +143,8 @@ class Attack(ABC):
         y = y.to(device=x.device, dtype=torch.long)
         x0 = x.detach().clone()
         with attack_mode(model):
+            if x0.shape[0]:
+                check_labels(y, num_classes_of(model, x0))
             gen = make_generator(self.seed, x.device)
             x_adv = self.perturb(model, x0, y, gen)
         x_adv = x_adv.detach().to(dtype=x.dtype)
