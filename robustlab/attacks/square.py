@@ -1,0 +1,253 @@
+"""Square Attack (Andriushchenko, Croce, Flammarion & Hein, ECCV 2020): a score-based black-box
+attack by random square-shaped updates, for the Linf and L2 threat models.
+
+One job: the ``square`` attack. It only queries logits (no gradients): random search on the
+margin loss ``z_y - max_{k != y} z_k``, accepting a candidate when it lowers the margin, with the
+square side shrinking on the published schedule of ``p`` (the fraction of pixels changed).
+Each sample draws its own square position and values; only points still classified correctly
+are queried. Samples misclassified on clean inputs are returned unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from robustlab.attacks.base import Attack, check_labels, register_attack
+from robustlab.attacks.fab import _resolve_threat, hard_margin
+from robustlab.attacks.threat import ThreatModel
+from robustlab.errors import RobustlabError
+
+__all__ = ["Square", "p_schedule", "pseudo_gaussian_pattern"]
+
+# Published schedule: p halves at these fractions (in 1/10000 of the query budget).
+_P_BOUNDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+
+
+def p_schedule(p_init: float, it: int, n_queries: int) -> float:
+    """Fraction of pixels changed at iteration ``it``: ``p_init / 2**k`` where ``k`` counts the
+    breakpoints (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000 of 10000) passed by
+    ``it`` rescaled to a 10000-query budget (the published schedule, so any ``n_queries`` works).
+    """
+    scaled = int(it / n_queries * 10000)
+    if scaled > 10000:
+        return p_init
+    k = sum(1 for b in _P_BOUNDS if scaled > b)
+    return p_init / 2**k
+
+
+def _rectangle_bump(a: int, b: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """(a, b) bump: concentric rectangles around the centre with weight ``1/(k+1)^2`` summed
+    from each cell's Chebyshev ring ``k`` outwards; unit L2 norm."""
+    i = torch.arange(a, device=device)[:, None]
+    j = torch.arange(b, device=device)[None, :]
+    ring = torch.maximum((i - a // 2).abs(), (j - b // 2).abs())
+    n_rings = max(a // 2 + 1, b // 2 + 1)
+    w = 1.0 / torch.arange(1, n_rings + 1, device=device, dtype=dtype) ** 2
+    tail = w.flip(0).cumsum(0).flip(0)  # tail[k] = sum_{r >= k} w[r]
+    out = tail[ring]
+    return out / out.pow(2).sum().sqrt()
+
+
+def pseudo_gaussian_pattern(s: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """The L2 Square Attack's (s, s) update pattern: a positive bump on the first half of the
+    rows and a negative one on the second, unit L2 norm."""
+    top = _rectangle_bump(s // 2, s, device, dtype) if s >= 2 else torch.zeros(0, s)
+    bottom = -_rectangle_bump(s - s // 2, s, device, dtype)
+    out = torch.cat([top.to(device=device, dtype=dtype), bottom], 0)
+    return out / out.pow(2).sum().sqrt()
+
+
+def _windows(
+    n: int, h: int, w: int, s: int, gen: torch.Generator, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Per-sample row and column indices (n, s) of a random s x s square inside (h, w)."""
+    vh = torch.randint(0, h - s + 1, (n,), generator=gen, device=device)
+    vw = torch.randint(0, w - s + 1, (n,), generator=gen, device=device)
+    ar = torch.arange(s, device=device)
+    return vh[:, None] + ar, vw[:, None] + ar
+
+
+def _get(t: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """The per-sample squares of ``t`` (n, c, h, w) -> (n, c, s, s)."""
+    ni = torch.arange(t.shape[0], device=t.device)[:, None, None]
+    return t[ni, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def _put(t: Tensor, rows: Tensor, cols: Tensor, v: Tensor | float) -> None:
+    """Write ``v`` (n, c, s, s) (or a number) into the per-sample squares of ``t``, in place."""
+    ni = torch.arange(t.shape[0], device=t.device)[:, None, None]
+    if isinstance(v, Tensor):
+        v = v.permute(0, 2, 3, 1)
+    t[ni, :, rows[:, :, None], cols[:, None, :]] = v
+
+
+def _signs(shape: tuple[int, ...], gen: torch.Generator, like: Tensor) -> Tensor:
+    r = torch.randint(0, 2, shape, generator=gen, device=like.device)
+    return (2 * r - 1).to(like.dtype)
+
+
+def _l2_norm(t: Tensor) -> Tensor:
+    return t.flatten(1).norm(dim=1)
+
+
+@register_attack("square")
+class Square(Attack):
+    """Square Attack, untargeted, margin loss, Linf or L2.
+
+    Args:
+        eps, norm / threat: the threat model (an eps and a norm name, or a ThreatModel).
+        n_queries: query budget per sample, the initialisation included (AutoAttack standard:
+            5000).
+        p_init: initial fraction of pixels changed (AutoAttack: 0.8), shrunk by
+            :func:`p_schedule`.
+        seed: all random choices.
+    """
+
+    name = "square"
+
+    def __init__(
+        self,
+        eps: float | str | Tensor | None = None,
+        norm: str = "linf",
+        threat: ThreatModel | None = None,
+        *,
+        n_queries: int = 5000,
+        p_init: float = 0.8,
+        seed: int | None = 0,
+    ) -> None:
+        threat = _resolve_threat(threat, eps, norm)
+        if threat.name not in ("linf", "l2"):
+            raise RobustlabError(f"square supports the linf and l2 norms, not {threat.name}")
+        if int(n_queries) != n_queries or n_queries < 1:
+            raise RobustlabError(f"n_queries must be a positive integer, got {n_queries!r}")
+        if not 0.0 < p_init <= 1.0:
+            raise RobustlabError(f"p_init must be in (0, 1], got {p_init!r}")
+        super().__init__(threat, seed)
+        self.n_queries, self.p_init = int(n_queries), float(p_init)
+        self.queries: Tensor | None = None  # per-sample queries used by the last call
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
+        if x.dim() != 4:
+            raise RobustlabError(f"square needs images (N, C, H, W), got shape {tuple(x.shape)}")
+        if min(x.shape[2], x.shape[3]) < 2:
+            raise RobustlabError("square needs images at least 2 pixels high and wide")
+        with torch.no_grad():
+            return self._run(model, x, y, generator)
+
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, gen: torch.Generator) -> Tensor:
+        n, c, h, w = x.shape
+        logits = model(x)
+        check_labels(y, logits.shape[1])
+        eps_all = torch.as_tensor(self.threat.eps, dtype=x.dtype, device=x.device).flatten()
+        eps_all = eps_all.expand(n) if eps_all.numel() == 1 else eps_all
+        x_adv = x.clone()
+        queries = torch.zeros(n, dtype=torch.long, device=x.device)
+        todo = (hard_margin(logits, y) > 0).nonzero().squeeze(1)  # attack correct points only
+        self.queries = queries
+        if todo.numel() == 0:
+            return x_adv
+        xs, ys, eps = x[todo], y[todo], eps_all[todo]
+        linf = self.threat.name == "linf"
+        x_best = self._init_linf(xs, eps, gen) if linf else self._init_l2(xs, eps, gen)
+        m_best = hard_margin(model(x_best), ys)
+        q = torch.ones(xs.shape[0], dtype=torch.long, device=x.device)
+        for it in range(1, self.n_queries):
+            idx = (m_best > 0).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            p = p_schedule(self.p_init, it, self.n_queries)
+            if linf:
+                x_new = self._step_linf(xs[idx], x_best[idx], eps[idx], p, gen)
+            else:
+                x_new = self._step_l2(xs[idx], x_best[idx], eps[idx], p, gen)
+            m_new = hard_margin(model(x_new), ys[idx])
+            q[idx] += 1
+            better = m_new < m_best[idx]
+            x_best[idx[better]] = x_new[better]
+            m_best[idx] = torch.minimum(m_new, m_best[idx])
+        x_adv[todo] = x_best
+        queries[todo] = q
+        return x_adv
+
+    # ---------------------------------------------------------------- Linf
+    @staticmethod
+    def _init_linf(x: Tensor, eps: Tensor, gen: torch.Generator) -> Tensor:
+        """Vertical stripes: one random sign per sample, channel and column."""
+        n, c, _, w = x.shape
+        stripes = _signs((n, c, 1, w), gen, x)
+        return (x + eps[:, None, None, None] * stripes).clamp(0.0, 1.0)
+
+    @staticmethod
+    def _step_linf(
+        x: Tensor, x_best: Tensor, eps: Tensor, p: float, gen: torch.Generator
+    ) -> Tensor:
+        """Set a random square (one per sample) to +-eps, one sign per channel."""
+        n, c, h, w = x.shape
+        s = int(round(math.sqrt(p * h * w)))
+        s = min(max(s, 1), min(h, w) - 1)
+        rows, cols = _windows(n, h, w, s, gen, x.device)
+        x_win, best_win = _get(x, rows, cols), _get(x_best, rows, cols)
+        e = eps[:, None, None, None]
+        new_win = (x_win + e * _signs((n, c, 1, 1), gen, x)).clamp(0.0, 1.0)
+        for _ in range(10):  # redraw the signs where the square would not change
+            same = (new_win - best_win).abs().flatten(1).amax(1) < 1e-7
+            if not bool(same.any()):
+                break
+            redraw = (x_win + e * _signs((n, c, 1, 1), gen, x)).clamp(0.0, 1.0)
+            new_win = torch.where(same[:, None, None, None], redraw, new_win)
+        out = x_best.clone()
+        _put(out, rows, cols, new_win)
+        return out
+
+    # ---------------------------------------------------------------- L2
+    @staticmethod
+    def _init_l2(x: Tensor, eps: Tensor, gen: torch.Generator) -> Tensor:
+        """A grid of tiles of side h // 5, each holding the pseudo-Gaussian pattern (randomly
+        transposed) with a random sign per channel; rescaled to L2 norm eps."""
+        n, c, h, w = x.shape
+        s = max(h // 5, 1)
+        pat = pseudo_gaussian_pattern(s, x.device, x.dtype)
+        delta = torch.zeros_like(x)
+        start_h, start_w = (h - s * (h // s)) // 2, (w - s * (w // s)) // 2
+        for top in range(start_h, h - s + 1, s):
+            for left in range(start_w, w - s + 1, s):
+                flip = torch.rand(n, generator=gen, device=x.device) < 0.5
+                tile = torch.where(flip[:, None, None, None], pat.T, pat)
+                sign = _signs((n, c, 1, 1), gen, x)
+                delta[:, :, top : top + s, left : left + s] += tile * sign
+        scale = eps / _l2_norm(delta).clamp_min(1e-12)
+        return (x + delta * scale[:, None, None, None]).clamp(0.0, 1.0)
+
+    @staticmethod
+    def _step_l2(x: Tensor, x_best: Tensor, eps: Tensor, p: float, gen: torch.Generator) -> Tensor:
+        """Move the perturbation mass of a second random square into a first one, where the
+        pseudo-Gaussian pattern is added, then rescale the whole perturbation to norm eps."""
+        n, c, h, w = x.shape
+        s = max(int(round(math.sqrt(p * h * w))), 3)
+        s += 1 - s % 2  # odd side
+        s = min(s, min(h, w) - 1)
+        delta = x_best - x
+        r1, c1 = _windows(n, h, w, s, gen, x.device)
+        r2, c2 = _windows(n, h, w, s, gen, x.device)
+        win1 = _get(delta, r1, c1)
+        norm_win1 = win1.pow(2).sum((2, 3)).sqrt()  # (n, c)
+        union = torch.zeros(n, 1, h, w, dtype=x.dtype, device=x.device)
+        _put(union, r1, c1, 1.0)
+        _put(union, r2, c2, 1.0)
+        norm_union = (delta * union).pow(2).sum((2, 3)).sqrt()  # (n, c)
+        norm_img = _l2_norm(delta)
+        pat = pseudo_gaussian_pattern(s, x.device, x.dtype)
+        flip = torch.rand(n, generator=gen, device=x.device) < 0.5
+        new = torch.where(flip[:, None, None, None], pat.T, pat) * _signs((n, c, 1, 1), gen, x)
+        new = new + win1 / (norm_win1[:, :, None, None] + 1e-10)
+        budget = ((eps**2 - norm_img**2).clamp_min(0.0)[:, None] / c + norm_union**2).sqrt()
+        new = new / new.pow(2).sum((2, 3), keepdim=True).sqrt().clamp_min(1e-12)
+        new = new * budget[:, :, None, None]
+        delta = delta.clone()
+        _put(delta, r2, c2, 0.0)
+        _put(delta, r1, c1, new)
+        scale = eps / _l2_norm(delta).clamp_min(1e-12)
+        return (x + delta * scale[:, None, None, None]).clamp(0.0, 1.0)

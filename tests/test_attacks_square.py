@@ -1,0 +1,161 @@
+"""Square Attack: schedule, patterns, attack contract, and strength on standard and TRADES
+models."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from torch import nn
+
+from robustlab.attacks import create_attack, make_threat
+from robustlab.attacks.base import AttackInputError
+from robustlab.attacks.square import Square, p_schedule, pseudo_gaussian_pattern
+from robustlab.errors import RobustlabError
+
+
+def test_p_schedule_published_breakpoints() -> None:
+    expect = {0: 0.8, 10: 0.8, 11: 0.4, 50: 0.4, 51: 0.2, 201: 0.1, 501: 0.05, 1001: 0.025}
+    expect.update({2001: 0.0125, 4001: 0.8 / 128, 6001: 0.8 / 256, 8001: 0.8 / 512})
+    for it, p in expect.items():
+        assert p_schedule(0.8, it, 10000) == pytest.approx(p), it
+    # rescaled to the budget: with 1000 queries, iteration 2 is 20/10000 of the way
+    assert p_schedule(0.8, 1, 1000) == pytest.approx(0.8)
+    assert p_schedule(0.8, 2, 1000) == pytest.approx(0.4)
+    assert p_schedule(0.8, 999, 1000) == pytest.approx(0.8 / 512)
+
+
+@pytest.mark.parametrize("s", [1, 3, 5, 8])
+def test_pseudo_gaussian_pattern(s: int) -> None:
+    pat = pseudo_gaussian_pattern(s, torch.device("cpu"), torch.float64)
+    assert pat.shape == (s, s)
+    assert float(pat.pow(2).sum()) == pytest.approx(1.0)
+    assert bool((pat[s // 2 :] < 0).all())
+    if s > 1:
+        assert bool((pat[: s // 2] > 0).all())
+        if s % 2:  # odd sides (the L2 updates) are symmetric left-right
+            assert torch.allclose(pat, pat.flip(1))
+        centre = pat[s // 2 + (s - s // 2) // 2]
+        assert float(centre.abs().argmax()) == (s // 2)  # the bump peaks in the middle
+
+
+class BNNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(torch.relu(self.bn(self.conv(x)))).flatten(1))
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.0)])
+def test_square_attack_contract(norm: str, eps: float) -> None:
+    model = BNNet()
+    model(torch.rand(16, 3, 8, 8))
+    model.eval()
+    x = torch.rand(10, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[0] = (y[0] + 1) % 5  # one misclassified clean point: left unchanged
+    model.train()
+    x_copy, y_copy = x.clone(), y.clone()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    attack = create_attack("square", eps=eps, norm=norm, n_queries=60, seed=4)
+    x_adv = attack(model, x, y)
+    assert torch.equal(x, x_copy) and torch.equal(y, y_copy)
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and not x_adv.requires_grad
+    assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
+    dist = make_threat(norm, eps).distance(x_adv, x)
+    assert bool((dist <= eps * (1 + 1e-5)).all())
+    assert torch.equal(x_adv[0], x[0])
+    assert bool((dist[1:] > 0).all())  # correctly classified points were perturbed
+    assert model.training and all(p.grad is None for p in model.parameters())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert attack.queries is not None and int(attack.queries.max()) <= 60
+    assert int(attack.queries[0]) == 0
+    again = create_attack("square", eps=eps, norm=norm, n_queries=60, seed=4)(model, x, y)
+    assert torch.equal(x_adv, again)
+    other = create_attack("square", eps=eps, norm=norm, n_queries=60, seed=5)(model, x, y)
+    assert not torch.equal(x_adv, other)
+
+
+def test_square_bad_arguments() -> None:
+    with pytest.raises(RobustlabError, match="linf and l2"):
+        Square(eps=1.0, norm="l1")
+    with pytest.raises(RobustlabError, match="n_queries"):
+        Square(eps=0.1, n_queries=0)
+    with pytest.raises(RobustlabError, match="p_init"):
+        Square(eps=0.1, p_init=1.5)
+    with pytest.raises(AttackInputError):
+        Square(eps=0.1)(BNNet(), torch.rand(2, 3, 8, 8) * 2, torch.tensor([0, 1]))
+    with pytest.raises(RobustlabError, match="images"):
+        Square(eps=0.1)(nn.Linear(4, 2), torch.rand(2, 4), torch.tensor([0, 1]))
+
+
+@functools.lru_cache(maxsize=1)
+def _standard_mlp() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A non-robust MLP trained on the fly on the embedded MNIST slice (about a second)."""
+    from robustlab.data import load_split
+
+    s = load_split("mnist-mini", "train")
+    x, y = s.images[:4000].float() / 255, s.labels[:4000]
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(784, 48), nn.ReLU(), nn.Linear(48, 10))
+    opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(2):
+        for i in range(0, len(x), 100):
+            loss = nn.functional.cross_entropy(m(x[i : i + 100]), y[i : i + 100])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    t = load_split("mnist-mini", "test")
+    return m.eval(), t.images[:50].float() / 255, t.labels[:50]
+
+
+def _acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+@pytest.mark.parametrize("norm,eps,bound", [("linf", 0.3, 0.1), ("l2", 3.0, 0.3)])
+def test_square_breaks_most_points_of_a_standard_model(norm: str, eps: float, bound: float) -> None:
+    model, x, y = _standard_mlp()
+    clean = _acc(model, x, y)
+    assert clean > 0.8
+    x_adv = Square(eps=eps, norm=norm, n_queries=300, seed=0)(model, x, y)
+    assert _acc(model, x_adv, y) < bound
+
+
+def _trades(trades_checkpoint, shared_data, n: int):
+    from robustlab.data import load_split
+    from robustlab.models import create_model, load_checkpoint
+
+    model = create_model("smallcnn", dataset="mnist")
+    load_checkpoint(model, trades_checkpoint)
+    s = load_split("mnist", "test", root=shared_data)
+    return model.eval(), s.images[:n].float() / 255, s.labels[:n]
+
+
+def test_square_on_trades_beyond_training_eps(trades_checkpoint, shared_data) -> None:
+    """TRADES SmallCNN (trained at Linf 0.3): eps 0.4 is beyond its training radius and Square
+    breaks most points within a few hundred queries."""
+    model, x, y = _trades(trades_checkpoint, shared_data, 30)
+    assert _acc(model, x, y) == 1.0
+    x_adv = Square(eps=0.4, n_queries=300, seed=0)(model, x, y)
+    assert _acc(model, x_adv, y) < 0.3
+
+
+@pytest.mark.slow
+def test_square_on_trades_at_training_eps(trades_checkpoint, shared_data) -> None:
+    """At eps 0.3, 1000 queries on 100 test images break some points, not most (published
+    robust accuracy 96.07% under PGD-40; Square measured 92% here)."""
+    model, x, y = _trades(trades_checkpoint, shared_data, 100)
+    x_adv = Square(eps=0.3, n_queries=1000, seed=0)(model, x, y)
+    robust = _acc(model, x_adv, y)
+    assert 0.8 <= robust < _acc(model, x, y)
