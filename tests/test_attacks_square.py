@@ -159,3 +159,18 @@ def test_square_on_trades_at_training_eps(trades_checkpoint, shared_data) -> Non
     x_adv = Square(eps=0.3, n_queries=1000, seed=0)(model, x, y)
     robust = _acc(model, x_adv, y)
     assert 0.8 <= robust < _acc(model, x, y)
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.0)])
+def test_square_as_strong_as_torchattacks(norm: str, eps: float) -> None:
+    """Same budget, same p_init: our robust accuracy is no higher than torchattacks' Square
+    (independent implementation) beyond sampling noise."""
+    torchattacks = pytest.importorskip("torchattacks")
+    model, x, y = _standard_mlp()
+    ours = _acc(model, Square(eps=eps, norm=norm, n_queries=200, seed=0)(model, x, y), y)
+    ref = torchattacks.Square(
+        model, norm="Linf" if norm == "linf" else "L2", eps=eps, n_queries=200, p_init=0.8, seed=0
+    )
+    theirs = _acc(model, ref(x, y), y)
+    assert ours < _acc(model, x, y)
+    assert ours <= theirs + 0.1
