@@ -1,5 +1,7 @@
 """Attacks and threat models: FGSM, PGD, APGD, FAB (boundary solver), Square, AutoAttack."""
 
+from robustlab.attacks.apgd import APGD, APGDT, apgd, apgd_targeted
+from robustlab.attacks.autoattack import AutoAttack, Ensemble, EnsembleResult
 from robustlab.attacks.base import (
     Attack,
     AttackInputError,
@@ -12,6 +14,11 @@ from robustlab.attacks.base import (
     register_attack,
 )
 from robustlab.attacks.core import ce_loss, dlr_loss, get_loss, margin_loss, perturb_iterative
+from robustlab.attacks.fab import FAB, BoundaryResult, FABTargeted, boundary_search
+from robustlab.attacks.fgsm import FGSM, fgsm
+from robustlab.attacks.margins import MarginResult, minimum_norm_margins, robust_accuracy_curve
+from robustlab.attacks.pgd import PGD, pgd
+from robustlab.attacks.square import Square
 from robustlab.attacks.threat import L1, L2, Linf, ThreatModel, make_threat, parse_eps
 
 __all__ = [
@@ -35,4 +42,23 @@ __all__ = [
     "ThreatModel",
     "make_threat",
     "parse_eps",
+    "FGSM",
+    "fgsm",
+    "PGD",
+    "pgd",
+    "APGD",
+    "APGDT",
+    "apgd",
+    "apgd_targeted",
+    "AutoAttack",
+    "Ensemble",
+    "EnsembleResult",
+    "FAB",
+    "FABTargeted",
+    "BoundaryResult",
+    "boundary_search",
+    "MarginResult",
+    "minimum_norm_margins",
+    "robust_accuracy_curve",
+    "Square",
 ]
