@@ -166,8 +166,12 @@ def compute_analyses(
             "objective": getattr(objective, "name", str(objective)),
             "eps": eps,
             "norm": threat.name,
-            "frac_positive": float(np.mean(sp[np.isfinite(sp)] > 0)) if ok.numel() else math.nan,
-            "frac_negative": float(np.mean(sp[np.isfinite(sp)] < 0)) if ok.numel() else math.nan,
+            "frac_positive_speed": float(np.mean(sp[np.isfinite(sp)] > 0))
+            if ok.numel()
+            else math.nan,
+            "frac_negative_speed": float(np.mean(sp[np.isfinite(sp)] < 0))
+            if ok.numel()
+            else math.nan,
             **dyn,
         }
     if "jacobian" in what:

@@ -22,6 +22,7 @@ __all__ = [
     "conflicting_dynamics_figure",
     "bar_chart",
     "curves",
+    "curves_grid",
 ]
 
 _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2"]
@@ -40,7 +41,7 @@ def _plt() -> Any:
 
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=100)
     fig.clf()
     _plt().close(fig)
     return buf.getvalue()
@@ -55,7 +56,7 @@ def overlay_histograms(
 ) -> bytes:
     """Overlaid density histograms of one statistic for several models, with their means."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    fig, ax = plt.subplots(layout="constrained", figsize=(5.2, 3.4))
     finite = [np.asarray(v, dtype=float)[np.isfinite(v)] for v in series.values()]
     allv = np.concatenate(finite) if finite else np.zeros(0)
     edges = np.histogram_bin_edges(allv, bins=bins) if allv.size else bins
@@ -88,7 +89,7 @@ def confidence_scatter(
 ) -> bytes:
     """Scatter of two models' percentile confidence ranks, the most-disagreeing samples marked."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.4, 4.2))
+    fig, ax = plt.subplots(layout="constrained", figsize=(4.4, 4.2))
     ax.scatter(conf_a, conf_b, s=6, alpha=0.4, color="#555555", lw=0)
     if len(highlight_a):
         ax.scatter(
@@ -129,7 +130,9 @@ def image_grid(
     n = imgs.shape[0]
     cols = max(1, min(cols, n))
     rows = max(1, -(-n // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.25 * cols, 1.45 * rows + 0.3), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, layout="constrained", figsize=(1.25 * cols, 1.45 * rows + 0.3), squeeze=False
+    )
     for i, ax in enumerate(axes.ravel()):
         ax.axis("off")
         if i >= n:
@@ -150,7 +153,9 @@ def conflicting_dynamics_figure(results: Mapping[str, Mapping[str, Any]], eps: f
     """Fractions of positive and negative boundary speeds per margin bin, one panel per run."""
     plt = _plt()
     n = max(1, len(results))
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.2), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        1, n, layout="constrained", figsize=(4.2 * n, 3.2), squeeze=False, sharey=True
+    )
     for ax, (name, r) in zip(axes[0], results.items(), strict=False):
         edges = np.asarray(r["bin_edges"], dtype=float)
         width = edges[1] - edges[0]
@@ -180,7 +185,7 @@ def bar_chart(
 ) -> bytes:
     """One bar per run (for example mean Jacobian or Fisher norm), with optional CI error bars."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(3.0, 1.1 * len(values) + 1.5), 3.2))
+    fig, ax = plt.subplots(layout="constrained", figsize=(max(3.0, 1.1 * len(values) + 1.5), 3.2))
     names = list(values)
     v = np.array([values[k] for k in names], dtype=float)
     yerr = None
@@ -211,7 +216,7 @@ def curves(
 ) -> bytes:
     """Line plot of ``(x, y)`` series (for example a metric over epochs), one line per name."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.0, 3.2))
+    fig, ax = plt.subplots(layout="constrained", figsize=(5.0, 3.2))
     for i, (name, (xs, ys)) in enumerate(series.items()):
         ax.plot(xs, ys, marker="o", ms=3, color=_COLORS[i % len(_COLORS)], label=name)
     ax.set_xlabel(xlabel)
@@ -219,4 +224,31 @@ def curves(
     if title:
         ax.set_title(title)
     ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def curves_grid(
+    panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]],
+    xlabel: str,
+    cols: int = 3,
+) -> bytes:
+    """Several small line plots in one figure: ``{panel title: {name: (x, y)}}``."""
+    plt = _plt()
+    n = max(1, len(panels))
+    cols = max(1, min(cols, n))
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(
+        rows, cols, layout="constrained", figsize=(3.6 * cols, 2.6 * rows), squeeze=False
+    )
+    names = sorted({name for series in panels.values() for name in series})
+    for ax, (title, series) in zip(axes.ravel(), panels.items(), strict=False):
+        for name, (xs, ys) in series.items():
+            c = _COLORS[names.index(name) % len(_COLORS)]
+            ax.plot(xs, ys, marker="o", ms=3, color=c, label=name)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    axes[0][0].legend(fontsize=7)
     return _png(fig)

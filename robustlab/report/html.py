@@ -227,24 +227,28 @@ def comparison_figures(runs: Sequence[RunData], top_n: int = 8) -> list[tuple[st
             if k.startswith("analysis/") and isinstance(rec[k], (int, float))
         }
     )
+    panels = {}
     for k in keys:
         series = {}
         for r in runs:
             pts = [
-                (rec.get("epoch"), rec[k])
+                (rec["epoch"], rec[k])
                 for rec in r.epochs
                 if isinstance(rec.get(k), (int, float)) and rec.get("epoch") is not None
             ]
             if pts:
                 series[r.name] = ([p[0] for p in pts], [p[1] for p in pts])
         if series:
-            figs.append(
-                (
-                    "epochs",
-                    f"{k} recorded per epoch by the analysis callback.",
-                    F.curves(series, "epoch", k),
-                )
+            panels[k.removeprefix("analysis/")] = series
+    if panels:
+        figs.append(
+            (
+                "epochs",
+                "Statistics recorded per epoch by the analysis training callback "
+                "(analysis/* in metrics.jsonl).",
+                F.curves_grid(panels, "epoch"),
             )
+        )
     return figs
 
 
@@ -297,7 +301,7 @@ _ROWS = [
     ("margins", "median_margin", "median margin"),
     ("margins", "frac_margin_below_eps", "fraction with margin < eps (or wrong)"),
     ("margins", "frac_verified", "fraction of margins verified"),
-    ("dynamics", "frac_negative", "fraction of negative speeds"),
+    ("dynamics", "frac_negative_speed", "fraction of negative speeds"),
     ("dynamics", "frac_negative_below_eps", "fraction negative among margin < eps"),
     ("jacobian", "fro", "mean |dz/dx|_F"),
     ("jacobian", "spec", "mean |dz/dx|_2"),

@@ -1,0 +1,85 @@
+"""``robustlab analyze``: run analyses on trained runs, writing JSON, arrays and PNG figures
+into each ``RUN/analysis/``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from robustlab.errors import RobustlabError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``analyze`` subcommand."""
+    from robustlab.analysis.run import ANALYSES
+
+    p = subparsers.add_parser(
+        "analyze",
+        help="explain trained runs: logits, margins, boundary dynamics, Jacobian, Fisher",
+        description="Analyse each RUN_DIR's delivered model on N seeded test samples (the same "
+        "samples for every run) and write RUN/analysis/summary.json, per-sample arrays (.npz) "
+        "and PNG figures.",
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories")
+    names = ",".join(ANALYSES)
+    p.add_argument("--what", default=names, help=f"comma-separated analyses (default: {names})")
+    p.add_argument("--n", type=int, default=1000, help="test samples to analyse (default 1000)")
+    p.add_argument("--norm", default="linf", help="threat norm for margins/dynamics: linf or l2")
+    p.add_argument("--eps", default=None,
+                   help="eps, e.g. 0.3 or 8/255 (default: the dataset's usual eps)")  # fmt: skip
+    p.add_argument("--data-dir", default=None, help="data root (default: the run's, then cache)")
+    p.add_argument("--seed", type=int, default=0, help="picks the test samples and restarts")
+    p.add_argument("--objective", default=None,
+                   help="objective giving the dynamics' velocity (default: the run's)")  # fmt: skip
+    p.add_argument("--margin-steps", type=int, default=100, help="boundary-solver iterations")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    p.add_argument("--json", action="store_true", help="print the summaries as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``robustlab analyze``; returns the exit status."""
+    from robustlab.analysis.run import analyze_run, find_checkpoint, parse_analyses
+    from robustlab.attacks.threat import make_threat, parse_eps
+
+    what = parse_analyses(args.what)
+    eps = None if args.eps is None else parse_eps(args.eps)
+    make_threat(args.norm, eps or 1.0)  # unknown norm: error before any work
+    if args.n is not None and args.n <= 0:
+        raise RobustlabError(f"--n must be positive, got {args.n}")
+    for run_dir in args.run_dirs:  # every bad directory is reported before any work
+        find_checkpoint(run_dir)
+    results = {}
+    for run_dir in args.run_dirs:
+        summary = analyze_run(
+            run_dir, what, n=args.n, norm=args.norm, eps=eps, data_dir=args.data_dir,
+            seed=args.seed, objective=args.objective, margin_steps=args.margin_steps,
+            device=args.device,
+        )  # fmt: skip
+        if not args.no_figures:
+            from robustlab.report.html import write_run_figures
+
+            write_run_figures(run_dir)
+        results[str(run_dir)] = summary
+        if not args.json:
+            print(f"{run_dir}: {_headline(summary)}")
+    if args.json:
+        print(json.dumps(results, indent=2, default=float))
+    return 0
+
+
+def _headline(s: dict) -> str:
+    parts = []
+    if "logits" in s:
+        parts.append(f"max logit {s['logits']['max_logit']['mean']:.3g}")
+        parts.append(f"gap {s['logits']['gap']['mean']:.3g}")
+    if "margins" in s:
+        parts.append(f"margin {s['margins']['margin_mean']:.3g}")
+    if "dynamics" in s:
+        parts.append(f"neg. speed {s['dynamics']['frac_negative_speed']:.2f}")
+    if "jacobian" in s:
+        parts.append(f"|J|_F {s['jacobian']['fro_mean']:.3g}")
+    if "fisher" in s:
+        parts.append(f"|F|_F {s['fisher']['fisher_fro_mean']:.3g}")
+    return ", ".join(parts) + " (written to analysis/)"

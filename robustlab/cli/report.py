@@ -1,0 +1,29 @@
+"""``robustlab report``: one self-contained HTML page comparing runs (figures embedded)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``report`` subcommand."""
+    p = subparsers.add_parser(
+        "report",
+        help="build one self-contained HTML report comparing runs",
+        description="Read each RUN_DIR (configuration, summary, eval/ and analysis/ from "
+        "`robustlab analyze`) and write one HTML page with accuracy and analysis tables and "
+        "the figures embedded; it opens from disk with no server.",
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (one dataset)")
+    p.add_argument("-o", "--out", default="report.html", help="output file (default report.html)")
+    p.add_argument("--title", default="robustlab report", help="page title")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``robustlab report``; returns the exit status."""
+    from robustlab.report.html import build_report
+
+    out = build_report(args.run_dirs, args.out, title=args.title)
+    print(f"report written to {out}")
+    return 0
