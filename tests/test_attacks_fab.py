@@ -80,9 +80,12 @@ def _lp_projection(p: np.ndarray, w: np.ndarray, c: float, norm: str) -> float:
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
-@pytest.mark.parametrize("newton_steps", [0, 8])
-def test_projection_matches_scipy_with_active_box(norm, newton_steps, monkeypatch) -> None:
-    monkeypatch.setattr(fab_mod, "_NEWTON_STEPS", newton_steps)  # 0: only the sorting path
+@pytest.mark.parametrize("path", ["newton", "fallback", "sort-only"])
+def test_projection_matches_scipy_with_active_box(norm, path, monkeypatch) -> None:
+    if path == "fallback":  # no Newton step: every row goes to the sorting fallback
+        monkeypatch.setattr(fab_mod, "_NEWTON_STEPS", 0)
+    if path == "sort-only":  # the accelerator path
+        monkeypatch.setattr(fab_mod, "_sort_only", lambda device: True)
     g = torch.Generator().manual_seed(1)
     n, d = 6, 12
     p = torch.rand(n, d, generator=g, dtype=torch.float64)
@@ -315,8 +318,10 @@ class BNNet(nn.Module):
         self.bn = nn.BatchNorm2d(4)
         self.drop = nn.Dropout(0.5)
         self.fc = nn.Linear(4 * 8 * 8, 5)
+        self.modes: list[bool] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.modes.append(self.training)  # the attack must run the model in eval mode
         return self.fc(self.drop(torch.relu(self.bn(self.conv(x)))).flatten(1))
 
 
@@ -332,6 +337,7 @@ def test_fab_attack_contract(name: str, norm: str, eps: float) -> None:
         y = model(x).argmax(1)
     model.train()
     x_copy, y_copy = x.clone(), y.clone()
+    model.modes.clear()
     bn = {k: v.clone() for k, v in model.state_dict().items()}
     kw = {"n_target_classes": 2} if name == "fab-t" else {"restarts": 2}
     attack = create_attack(name, eps=eps, norm=norm, steps=15, seed=1, **kw)
@@ -341,6 +347,7 @@ def test_fab_attack_contract(name: str, norm: str, eps: float) -> None:
     assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
     threat = make_threat(norm, eps)
     assert bool((threat.distance(x_adv, x) <= eps * (1 + 1e-5)).all())
+    assert model.modes and not any(model.modes)
     assert model.training and model.bn.training
     assert all(p.grad is None for p in model.parameters())
     assert all(p.requires_grad for p in model.parameters())

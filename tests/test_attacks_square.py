@@ -48,8 +48,10 @@ class BNNet(nn.Module):
         self.bn = nn.BatchNorm2d(4)
         self.drop = nn.Dropout(0.5)
         self.fc = nn.Linear(4 * 8 * 8, 5)
+        self.modes: list[bool] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.modes.append(self.training)  # the attack must run the model in eval mode
         return self.fc(self.drop(torch.relu(self.bn(self.conv(x)))).flatten(1))
 
 
@@ -64,6 +66,7 @@ def test_square_attack_contract(norm: str, eps: float) -> None:
     y[0] = (y[0] + 1) % 5  # one misclassified clean point: left unchanged
     model.train()
     x_copy, y_copy = x.clone(), y.clone()
+    model.modes.clear()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     attack = create_attack("square", eps=eps, norm=norm, n_queries=60, seed=4)
     x_adv = attack(model, x, y)
@@ -74,6 +77,7 @@ def test_square_attack_contract(norm: str, eps: float) -> None:
     assert bool((dist <= eps * (1 + 1e-5)).all())
     assert torch.equal(x_adv[0], x[0])
     assert bool((dist[1:] > 0).all())  # correctly classified points were perturbed
+    assert model.modes and not any(model.modes)
     assert model.training and all(p.grad is None for p in model.parameters())
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), k

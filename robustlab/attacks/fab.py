@@ -128,7 +128,7 @@ def _water_fill(a: Tensor, room: Tensor, target: Tensor, linf: bool) -> Tensor:
     bp = torch.where(active, room / torch.where(active, r, torch.ones_like(r)), torch.zeros_like(a))
     tgt = target[:, None]
     feasible = au.sum(1, keepdim=True) >= tgt
-    if a.device.type != "cpu":  # accelerators sort fast; this path never syncs with the host
+    if _sort_only(a.device):  # accelerators sort fast; this path never syncs with the host
         t = torch.where(feasible, _sorted_root(ar, au, bp, tgt), math.inf)
         return torch.minimum(torch.where(active, t * r, torch.zeros_like(r)), room)
     t = torch.zeros_like(tgt)
@@ -151,6 +151,11 @@ def _water_fill(a: Tensor, room: Tensor, target: Tensor, linf: bool) -> Tensor:
 
 
 _NEWTON_STEPS = 8
+
+
+def _sort_only(device: torch.device) -> bool:
+    """Solve projections by sorting alone (no Newton, no host sync): off the CPU."""
+    return device.type != "cpu"
 
 
 def _sorted_root(ar: Tensor, au: Tensor, bp: Tensor, tgt: Tensor) -> Tensor:
