@@ -43,6 +43,7 @@ from robustlab.attacks.base import (
     check_labels,
     make_generator,
     register_attack,
+    resolve_threat,
 )
 from robustlab.attacks.threat import ThreatModel, make_threat, per_sample
 from robustlab.errors import RobustlabError
@@ -514,19 +515,6 @@ def _refine(
 # --------------------------------------------------------------------------------------------
 
 
-def _resolve_threat(
-    threat: ThreatModel | None, eps: float | str | Tensor | None, norm: str
-) -> ThreatModel:
-    """``threat`` if given, else ``make_threat(norm, eps)`` (same rule as the other attacks)."""
-    if threat is not None:
-        if not isinstance(threat, ThreatModel):
-            raise RobustlabError(f"threat must be a ThreatModel, got {type(threat).__name__}")
-        return threat
-    if eps is None:
-        raise RobustlabError("an attack needs eps (and norm) or a threat model")
-    return make_threat(norm, eps)
-
-
 def _eps_vector(threat: ThreatModel, x: Tensor) -> Tensor:
     e = torch.as_tensor(threat.eps, dtype=x.dtype, device=x.device).flatten()
     return e.expand(x.shape[0]) if e.numel() == 1 else e
@@ -556,7 +544,7 @@ class FAB(Attack):
         refine_steps: int = 8,
         seed: int | None = 0,
     ) -> None:
-        super().__init__(_resolve_threat(threat, eps, norm), seed)
+        super().__init__(resolve_threat(threat, eps, norm), seed)
         _check_params(steps, restarts, alpha_max, eta, beta)
         self.steps, self.restarts = int(steps), int(restarts)
         self.alpha_max, self.eta, self.beta = alpha_max, eta, beta

@@ -15,8 +15,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from robustlab.attacks.base import Attack, check_labels, register_attack
-from robustlab.attacks.fab import _resolve_threat, hard_margin
+from robustlab.attacks.base import Attack, check_labels, register_attack, resolve_threat
+from robustlab.attacks.fab import hard_margin
 from robustlab.attacks.threat import ThreatModel
 from robustlab.errors import RobustlabError
 
@@ -118,7 +118,7 @@ class Square(Attack):
         p_init: float = 0.8,
         seed: int | None = 0,
     ) -> None:
-        threat = _resolve_threat(threat, eps, norm)
+        threat = resolve_threat(threat, eps, norm)
         if threat.name not in ("linf", "l2"):
             raise RobustlabError(f"square supports the linf and l2 norms, not {threat.name}")
         if int(n_queries) != n_queries or n_queries < 1:
