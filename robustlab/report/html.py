@@ -437,7 +437,8 @@ def build_report(
         f"<h1>{html.escape(title)}</h1>",
         f"<p class='note'>{len(runs)} run(s) on {html.escape(datasets.pop())}; generated "
         f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by robustlab. "
-        "Definitions: docs/analysis.md; items marked [recon] there are reconstructions.</p>",
+        "Definitions are in the robustlab.analysis docstrings; gap to the mean, the confidence "
+        "disagreement and the KL-metric grouping are reconstructions [recon].</p>",
         "<h2>Runs</h2>",
         _accuracy_table(runs),
         "<h2>Analysis summary</h2>",
