@@ -144,7 +144,7 @@ class TrainConfig:
     ema_decay: float = _f(0.0, ge=0, lt=1)
     ema_warmup: bool = True
     amp: Literal["none", "bf16", "fp16"] = "none"
-    channels_last: bool = False
+    channels_last: bool = True
     compile: bool = False
     device: str = "auto"
     sync_bn: bool = False

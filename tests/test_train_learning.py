@@ -60,7 +60,7 @@ def test_pgd_at_is_much_more_robust_than_standard_training(
         model, _ = load_run_model(run, "best")
         results[name] = _accuracies(model, x, y)
     (std_clean, std_rob), (at_clean, at_rob) = results["standard"], results["pgd_at"]
-    # Measured (seed 0): standard 0.93 clean / 0.11 robust; PGD-AT 0.92 / 0.57.
+    # Measured (seed 0): standard 0.924 clean / 0.106 robust; PGD-AT 0.934 / 0.568.
     assert std_clean > 0.85 and at_clean > 0.8, results
     assert at_rob > 0.4, results
     assert at_rob > std_rob + 0.3, results
