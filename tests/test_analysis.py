@@ -298,3 +298,48 @@ def test_closed_form_speed_matches_an_sgd_step_with_the_solver(norm: str) -> Non
     scale = float(closed.abs().mean())
     assert float((fd - closed).abs().max()) < 0.02 * scale
     assert scale > 1e-3  # the step moves the boundary measurably
+
+
+def _box_solution(model: _Linear2, x: torch.Tensor, y: torch.Tensor, norm: str):
+    """Exact box-constrained closest boundary point of the linear model (bisection, float64)."""
+    w = (model.fc.weight[y] - model.fc.weight[1 - y]).detach()
+    phi = (w * x.flatten(1)).sum(1) + (model.fc.bias[y] - model.fc.bias[1 - y]).detach()
+    xf = x.flatten(1)
+    room = torch.where(w > 0, xf, 1 - xf)  # how far each coordinate can move towards phi = 0
+    scale = torch.ones_like(w) if norm == "linf" else w.abs()
+    lo, hi = torch.zeros_like(phi), torch.full_like(phi, 1e3)
+    for _ in range(200):
+        t = (lo + hi) / 2
+        reach = (w.abs() * torch.minimum(t[:, None] * scale, room)).sum(1)
+        lo, hi = torch.where(reach < phi, t, lo), torch.where(reach < phi, hi, t)
+    delta = -w.sign() * torch.minimum(hi[:, None] * scale, room)
+    r = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+    return r, (xf + delta).reshape(x.shape)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_box_aware_speed_matches_the_box_constrained_margin(norm: str) -> None:
+    """With pixels at 0 (as on MNIST) the box binds; speed_box follows the finite difference."""
+    torch.manual_seed(3)
+    model = _Linear2(12)
+    x = torch.rand(8, 1, 3, 4, dtype=torch.float64) * 0.3 + 0.35
+    x[:, :, :, :2] = 0.0  # half the coordinates sit on the box
+    with torch.no_grad():
+        model.fc.weight[:, :6] = model.fc.weight[:, :6].abs() * torch.tensor([[3.0], [-3.0]])
+        y = torch.zeros(8, dtype=torch.long)  # class 0 wins: phi > 0 pushes the zeros down
+        model.fc.bias[0] = 1.0 + (model(x)[:, 1] - model(x)[:, 0]).max()
+    assert (model(x).argmax(1) == 0).all()
+    threat = Linf(0.1) if norm == "linf" else L2(0.5)
+    y_train = torch.randint(0, 2, (8,), generator=torch.Generator().manual_seed(0))
+
+    def loss_fn(m: nn.Module) -> torch.Tensor:
+        return nn.functional.cross_entropy(m(x), y_train)
+
+    r, x_hat = _box_solution(model, x, y, norm)
+    assert (x_hat.flatten(1)[:, :6] == 0).any()  # the box is active
+    res = boundary_speed(model, x_hat, y, parameter_velocity(model, loss_fn), threat, x=x)
+    fd = finite_difference_speed(
+        model, loss_fn, lambda m: _box_solution(m, x, y, norm)[0], lr=1e-6, margins_before=r
+    )
+    torch.testing.assert_close(res["speed_box"], fd, rtol=1e-3, atol=1e-8)
+    assert float((res["speed"] - fd).abs().max()) > 0.05 * float(fd.abs().mean())

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from robustlab.analysis._util import model_device
 from robustlab.analysis.dynamics import boundary_speed, conflicting_dynamics, objective_velocity
 from robustlab.analysis.fisher import cross_class_kl, fisher_summary
 from robustlab.analysis.jacobian import (
@@ -155,12 +156,20 @@ def compute_analyses(
         xt, yt = train_batch
         velocity = objective_velocity(model, objective, xt, yt, seed=seed)
         speed = torch.full((x.shape[0],), math.nan, dtype=torch.float64)
+        speed_box = speed.clone()
         if ok.numel():
-            res = boundary_speed(model, margins["x_hat"][ok], y[ok], velocity, threat)
+            dev = model_device(model)
+            okd = ok.to(x.device)
+            res = boundary_speed(
+                model, margins["x_hat"][ok].to(dev), y[okd].to(dev), velocity, threat,
+                x=x[okd].to(dev),
+            )  # fmt: skip
             speed[ok] = res["speed"].double().cpu()
+            if "speed_box" in res:
+                speed_box[ok] = res["speed_box"].double().cpu()
         r = margins["margin"].double().numpy()
         dyn = conflicting_dynamics(np.where(np.isnan(speed.numpy()), np.nan, r), speed.numpy(), eps)
-        arrays["dynamics"] = {"speed": speed.numpy(), "margin": r}
+        arrays["dynamics"] = {"speed": speed.numpy(), "speed_box": speed_box.numpy(), "margin": r}
         sp = speed.numpy()
         summaries["dynamics"] = {
             "objective": getattr(objective, "name", str(objective)),
