@@ -1,6 +1,11 @@
-"""Model evaluation on tensors: device selection, batched predictions and clean accuracy."""
+"""Model evaluation on tensors: device selection, batched predictions, clean accuracy and
+robust accuracy under an attack or ensemble, with per-sample records and eps sweeps."""
 
 from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -8,7 +13,15 @@ from tqdm import tqdm
 
 from robustlab.errors import RobustlabError
 
-__all__ = ["resolve_device", "predict", "clean_accuracy"]
+__all__ = [
+    "resolve_device",
+    "predict",
+    "clean_accuracy",
+    "RobustEvaluation",
+    "robust_evaluate",
+    "eps_sweep",
+    "default_batch_size",
+]
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -93,3 +106,145 @@ def clean_accuracy(
         raise RobustlabError("cannot compute accuracy on zero images")
     pred = predict(model, x, batch_size, device, progress, desc="clean accuracy")
     return float((pred == y.cpu().long()).double().mean())
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Attack batch size: CPUs slow down per image past a few hundred rows; GPUs do not."""
+    return 256 if device.type == "cpu" else 1024
+
+
+@dataclass
+class RobustEvaluation:
+    """The outcome of :func:`robust_evaluate` (all plain Python numbers except ``x_adv``)."""
+
+    attack: str
+    eps: float | None
+    norm: str | None
+    n: int
+    clean_accuracy: float
+    robust_accuracy: float
+    per_attack: list[dict[str, Any]]
+    records: list[dict[str, Any]]
+    seconds: float
+    skipped: list[str] = field(default_factory=list)
+    x_adv: Tensor | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready summary (without the per-sample records)."""
+        return {
+            "attack": self.attack,
+            "eps": self.eps,
+            "norm": self.norm,
+            "n": self.n,
+            "clean_accuracy": self.clean_accuracy,
+            "robust_accuracy": self.robust_accuracy,
+            "clean_correct": sum(r["clean_correct"] for r in self.records),
+            "robust_correct": sum(r["robust_correct"] for r in self.records),
+            "per_attack": self.per_attack,
+            "skipped_attacks": self.skipped,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def robust_evaluate(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    attack: Any,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    keep_adv: bool = False,
+    name: str | None = None,
+) -> RobustEvaluation:
+    """Clean and robust accuracy of ``model`` on ``x`` (uint8 or float in [0, 1]) and ``y``.
+
+    ``attack`` is an :class:`~robustlab.attacks.Attack` (an ensemble such as AutoAttack
+    keeps its per-attack breakdown; a single attack is a one-member ensemble). Each attack
+    runs only on the points still correctly classified. Returns per-sample records: clean
+    and robust correctness, the attack that broke the point and the perturbation norm.
+    """
+    from robustlab.attacks import Attack, Ensemble
+
+    if not isinstance(attack, Attack):
+        raise RobustlabError(f"attack must be a robustlab Attack, got {type(attack).__name__}")
+    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise RobustlabError(
+            f"got {x.shape[0]} images but labels of shape {tuple(y.shape)} (lengths must match)"
+        )
+    if x.shape[0] == 0:
+        raise RobustlabError("cannot evaluate on zero images")
+    if device is None:
+        dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+    else:
+        dev = resolve_device(device)
+    model.to(dev)
+    bs = batch_size or default_batch_size(dev)
+    if bs < 1:
+        raise RobustlabError(f"batch size must be >= 1, got {bs}")
+    label = name or getattr(attack, "name", "") or type(attack).__name__.lower()
+    if isinstance(attack, Ensemble):
+        ens = attack
+        ens.batch_size, ens.progress = bs, progress
+    else:
+        ens = Ensemble([(label, attack)], batch_size=bs, progress=progress)
+    xf = _as_float_batch(x, dev)
+    yd = y.to(dev).long()
+    t0 = time.perf_counter()
+    res = ens.run(model, xf, yd)
+    seconds = time.perf_counter() - t0
+    threat = ens.threat
+    dist = threat.distance(res.x_adv, xf).cpu() if threat is not None else None
+    names = res.broken_by_name()
+    clean, robust = res.clean_correct.cpu().tolist(), res.robust_correct.cpu().tolist()
+    records = []
+    for i, label_i in enumerate(y.tolist()):
+        broken = names[i] is not None
+        records.append(
+            {
+                "index": i,
+                "label": int(label_i),
+                "clean_correct": bool(clean[i]),
+                "robust_correct": bool(robust[i]),
+                "broken_by": names[i],
+                "perturbation_norm": float(dist[i]) if (broken and dist is not None) else None,
+            }
+        )
+    eps = threat.eps if threat is not None else None
+    return RobustEvaluation(
+        attack=label,
+        eps=float(eps) if isinstance(eps, (int, float)) else None,
+        norm=threat.name if threat is not None else None,
+        n=int(x.shape[0]),
+        clean_accuracy=res.clean_accuracy,
+        robust_accuracy=res.robust_accuracy,
+        per_attack=res.per_attack,
+        records=records,
+        seconds=seconds,
+        skipped=list(res.skipped),
+        x_adv=res.x_adv.cpu() if keep_adv else None,
+    )
+
+
+def eps_sweep(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    attack: str,
+    eps_values: list[float],
+    norm: str = "linf",
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    **attack_kw: Any,
+) -> list[RobustEvaluation]:
+    """Robust accuracy of ``attack`` (a registered name) at each eps in ``eps_values``."""
+    from robustlab.attacks import create_attack
+
+    if not eps_values:
+        raise RobustlabError("an eps sweep needs at least one eps")
+    out = []
+    for eps in eps_values:
+        atk = create_attack(attack, eps=eps, norm=norm, **attack_kw)
+        out.append(robust_evaluate(model, x, y, atk, batch_size, device, progress, name=attack))
+    return out

@@ -209,6 +209,7 @@ def build_entries(
     threat: ThreatModel,
     seed: int | None,
     steps: int | None = None,
+    n_queries: int | None = None,
 ) -> tuple[list[tuple[str, Attack]], list[int], list[str]]:
     """Build the attacks of an ensemble; entries whose attack is not registered are skipped."""
     from robustlab.attacks.base import available_attacks
@@ -231,6 +232,8 @@ def build_entries(
         reps = int(kw.pop("_repeats", 1))
         if steps is not None and "steps" in kw:
             kw["steps"] = steps
+        if n_queries is not None and "n_queries" in kw:
+            kw["n_queries"] = n_queries
         built.append((name, create_attack(name, threat=threat, seed=seed, **kw)))
         repeats.append(reps)
     return built, repeats, skipped
@@ -242,7 +245,8 @@ class AutoAttack(Ensemble):
 
     ``attacks`` replaces the preset by a custom list of registered names or ``(name, kwargs)``.
     ``steps`` overrides the iteration count of the iterative sub-attacks (the reference uses
-    100; fewer makes the evaluation weaker and is reported as such).
+    100) and ``n_queries`` Square's query budget (5000): smaller values make the evaluation
+    weaker than the reference.
     """
 
     name = "autoattack"
@@ -255,6 +259,7 @@ class AutoAttack(Ensemble):
         version: str = "standard",
         attacks: Sequence[str | Entry] | None = None,
         steps: int | None = None,
+        n_queries: int | None = None,
         seed: int | None = 0,
         batch_size: int | None = None,
         progress: bool = False,
@@ -266,8 +271,10 @@ class AutoAttack(Ensemble):
             )
         if steps is not None and (not isinstance(steps, int) or steps < 1):
             raise RobustlabError(f"steps must be a positive integer, got {steps!r}")
+        if n_queries is not None and (not isinstance(n_queries, int) or n_queries < 1):
+            raise RobustlabError(f"n_queries must be a positive integer, got {n_queries!r}")
         entries = PRESETS[version] if attacks is None else list(attacks)
-        built, repeats, skipped = build_entries(entries, th, seed, steps)
+        built, repeats, skipped = build_entries(entries, th, seed, steps, n_queries)
         if skipped:
             warnings.warn(
                 f"AutoAttack {version}: attacks not available and skipped: {skipped} "
@@ -278,7 +285,7 @@ class AutoAttack(Ensemble):
             raise RobustlabError(f"none of the attacks {[e for e in entries]} is available")
         super().__init__(built, th, seed, batch_size, repeats, progress)
         self.version = version if attacks is None else "custom"
-        self.steps = steps
+        self.steps, self.n_queries = steps, n_queries
         self.skipped = skipped
 
     def __repr__(self) -> str:
