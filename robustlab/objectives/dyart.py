@@ -207,15 +207,10 @@ class DyART(Objective):
         if bb is None:
             logs.update(kept=0.0, burn_in=1.0)
             return ce, logs
-        logs.update(
-            burn_in=0.0,
-            correct=bb.n_correct / n,
-            found=bb.n_found / n,
-            kept=bb.count / n,
-            mean_R=bb.radius.mean() if bb.count else 0.0,
-        )
-        if bb.count == 0:
+        logs.update(burn_in=0.0, correct=bb.n_correct / n, found=bb.n_found / n, kept=bb.count / n)
+        if bb.count == 0:  # no ``mean_R``/``margin_term`` keys: the loop averages present keys
             return ce, logs
+        logs["mean_R"] = bb.radius.mean()
         term = self.margin_term(state.raw_model, bb, y, n)
         logs["margin_term"] = term.detach()
         return ce + self.lam * term, logs
