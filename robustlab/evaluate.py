@@ -4,6 +4,8 @@ robust accuracy under an attack or ensemble, with per-sample records and eps swe
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +23,7 @@ __all__ = [
     "robust_evaluate",
     "eps_sweep",
     "default_batch_size",
+    "channels_last",
 ]
 
 
@@ -108,6 +111,23 @@ def clean_accuracy(
     return float((pred == y.cpu().long()).double().mean())
 
 
+@contextmanager
+def channels_last(model: nn.Module, enabled: bool = True) -> Iterator[bool]:
+    """Hold a convolutional model's weights in channels_last memory format (faster convolutions
+    on CPUs and GPUs alike); the original format is restored on exit. Yields whether it did."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not enabled or not convs:
+        yield False
+        return
+    was_cl = all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield True
+    finally:
+        if not was_cl:
+            model.to(memory_format=torch.contiguous_format)
+
+
 def default_batch_size(device: torch.device) -> int:
     """Attack batch size: CPUs slow down per image past a few hundred rows; GPUs do not."""
     return 256 if device.type == "cpu" else 1024
@@ -156,6 +176,7 @@ def robust_evaluate(
     progress: bool = False,
     keep_adv: bool = False,
     name: str | None = None,
+    use_channels_last: bool | None = None,
 ) -> RobustEvaluation:
     """Clean and robust accuracy of ``model`` on ``x`` (uint8 or float in [0, 1]) and ``y``.
 
@@ -163,6 +184,8 @@ def robust_evaluate(
     keeps its per-attack breakdown; a single attack is a one-member ensemble). Each attack
     runs only on the points still correctly classified. Returns per-sample records: clean
     and robust correctness, the attack that broke the point and the perturbation norm.
+    ``use_channels_last`` (default: for image batches) runs convolutions in channels_last
+    memory format, about 10% faster on the TRADES SmallCNN on a CPU (bench/bench_attacks.py).
     """
     from robustlab.attacks import Attack, Ensemble
 
@@ -190,8 +213,11 @@ def robust_evaluate(
         ens = Ensemble([(label, attack)], batch_size=bs, progress=progress)
     xf = _as_float_batch(x, dev)
     yd = y.to(dev).long()
+    cl = x.dim() == 4 if use_channels_last is None else use_channels_last
     t0 = time.perf_counter()
-    res = ens.run(model, xf, yd)
+    with channels_last(model, cl) as converted:
+        xin = xf.contiguous(memory_format=torch.channels_last) if converted else xf
+        res = ens.run(model, xin, yd)
     seconds = time.perf_counter() - t0
     threat = ens.threat
     dist = threat.distance(res.x_adv, xf).cpu() if threat is not None else None
@@ -222,7 +248,7 @@ def robust_evaluate(
         records=records,
         seconds=seconds,
         skipped=list(res.skipped),
-        x_adv=res.x_adv.cpu() if keep_adv else None,
+        x_adv=res.x_adv.contiguous().cpu() if keep_adv else None,
     )
 
 
