@@ -130,3 +130,28 @@ def test_bad_attack_subprocess_has_no_traceback(trades_checkpoint: Path, shared_
         and "unknown attack" in proc.stderr
     )
     assert "Traceback" not in proc.stderr
+
+
+def test_eval_of_a_training_run(
+    trades_checkpoint: Path, shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import yaml
+
+    from robustlab.io import atomic_torch_save, atomic_write_text
+
+    run = tmp_path / "run"
+    cfg = {"model": {"name": "smallcnn"}, "data": {"dataset": "mnist"}}
+    atomic_write_text(run / "config.yaml", yaml.safe_dump(cfg))
+    atomic_torch_save(
+        {"model": safe_torch_load(trades_checkpoint)}, run / "checkpoints" / "best.pt"
+    )
+    args = ["eval", "--run", str(run), "--data-dir", str(shared_data), "--quiet", "--n", "16"]
+    assert main([*args, "--attack", "fgsm", "--eps", "0.3", "--json"]) == 0
+    s = _json(capsys)
+    assert s["run"] == str(run) and s["dataset"] == "mnist" and s["n"] == 16
+    assert s["clean_accuracy"] == 1.0 and s["robust_accuracy"] <= 1.0
+    assert json.loads((run / "eval" / "summary.json").read_text())["attack"] == "fgsm"
+    assert len((run / "eval" / "samples.jsonl").read_text().splitlines()) == 16
+    # the clean-only path works with --run too; --run and --model together do not
+    assert main(args) == 0 and "clean accuracy" in capsys.readouterr().out
+    assert main([*args, "--model", "smallcnn"]) == 2
