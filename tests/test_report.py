@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -125,3 +126,23 @@ def test_analyze_rejects_bad_options(
     tiny_runs: list[Path], args: list[str], needle: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _one_line_error(capsys, main(["analyze", str(tiny_runs[0]), *args]), needle)
+
+
+def test_dynamics_for_several_objectives_from_one_checkpoint(
+    tiny_runs: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = str(tiny_runs[1])
+    objectives = ["--objective", "standard", "--objective", "pgd_at:eps=0.3,steps=1"]
+    args = ["analyze", run, "--what", "dynamics", "--n", "16", "--margin-steps", "10",
+            *objectives, "--no-figures"]  # fmt: skip
+    assert main(args) == 0
+    s = json.loads((tiny_runs[1] / "analysis" / "summary.json").read_text())["dynamics"]
+    assert list(s["objectives"]) == ["standard", "pgd_at:eps=0.3,steps=1"]
+    with np.load(tiny_runs[1] / "analysis" / "dynamics.npz") as z:
+        a, b = z["speed__standard"], z["speed__pgd_at:eps=0.3,steps=1"]
+    ok = np.isfinite(a)
+    assert ok.sum() == s["n_points"] > 0 and np.isfinite(b[ok]).all()
+    assert not np.allclose(a[ok], b[ok])  # two velocities, two sets of speeds
+    bad = ["analyze", run, "--what", "dynamics", "--objective", "pgd_at:eps=-1"]
+    _one_line_error(capsys, main(bad), "eps")
+    _one_line_error(capsys, main([*bad[:-1], "nonsense"]), "unknown objective 'nonsense'")

@@ -72,11 +72,14 @@ def test_adversarial_training_lowers_logits_and_fisher(mnist_runs: dict[str, Pat
 def test_dynamics_come_from_the_run_objective(mnist_runs: dict[str, Path]) -> None:
     for name, objective in (("standard", "standard"), ("pgd_at", "pgd_at")):
         s = _summary(mnist_runs[name])["dynamics"]
-        assert s["objective"] == objective
-        assert 0 < s["frac_negative_speed"] + s["frac_positive_speed"] <= 1
-        assert sum(s["count"]) == s["n"] > 0
+        assert list(s["objectives"]) == [objective]  # the run's own objective by default
+        d = s["objectives"][objective]
+        assert 0 < d["frac_negative_speed"] + d["frac_positive_speed"] <= 1
+        assert sum(d["count"]) == d["n"] == s["n_points"] > 0
         with np.load(mnist_runs[name] / "analysis" / "dynamics.npz") as z:
-            assert np.isfinite(z["speed"]).sum() == s["n"]
+            assert np.isfinite(z[f"speed__{objective}"]).sum() == d["n"]
+            same_sign = np.sign(z[f"speed__{objective}"]) == np.sign(z[f"speed_box__{objective}"])
+            assert same_sign[np.isfinite(z[f"speed__{objective}"])].all()
 
 
 def test_callback_recorded_each_epoch(mnist_runs: dict[str, Path]) -> None:

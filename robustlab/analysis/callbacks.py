@@ -39,10 +39,6 @@ _LOGGED = {
         ("correct", "clean_acc"),
     ],
     "margins": [("margin_mean", "margin"), ("frac_margin_below_eps", "frac_margin_below_eps")],
-    "dynamics": [
-        ("frac_negative_speed", "frac_negative_speed"),
-        ("frac_negative_below_eps", "frac_negative_speed_below_eps"),
-    ],
     "jacobian": [("fro_mean", "jacobian_fro"), ("spec_mean", "jacobian_spec")],
     "fisher": [
         ("fisher_fro_mean", "fisher_fro"),
@@ -67,6 +63,13 @@ def flatten_summary(summaries: dict[str, Any], prefix: str = "analysis/") -> dic
                 v = v.get("mean")
             if isinstance(v, (int, float)):
                 out[prefix + label] = float(v)
+    dyn = summaries.get("dynamics")
+    if isinstance(dyn, dict):
+        for label, d in dyn.get("objectives", {}).items():
+            suffix = "" if len(dyn["objectives"]) == 1 else f"/{label}"
+            for key in ("frac_negative_speed", "frac_negative_below_eps"):
+                if isinstance(d.get(key), (int, float)):
+                    out[f"{prefix}{key}{suffix}"] = float(d[key])
     return out
 
 

@@ -97,7 +97,8 @@ def objective_velocity(
     ``objective`` is an objective instance or a name for
     ``robustlab.objectives.create_objective``; it is called as
     ``objective(model, x, y, index, state)`` like the training loop does, in train mode by
-    default (BatchNorm statistics are restored afterwards), with a seeded ``state``.
+    default (BatchNorm statistics are restored afterwards), with a seeded ``state`` at the
+    first epoch after the objective's ``burn_in`` (if it has one).
     """
     check_batch(x, y)
     if isinstance(objective, str):
@@ -107,7 +108,9 @@ def objective_velocity(
     if index is None:
         index = torch.arange(x.shape[0], device=x.device)
     if state is None:
-        state = _make_state(model, x.device, seed)
+        # After any burn-in (DyART trains naturally for its first ``burn_in`` epochs).
+        epoch = int(getattr(objective, "burn_in", 0) or 0)
+        state = _make_state(model, x.device, seed, epoch)
 
     def loss_fn(m: nn.Module) -> Tensor:
         return objective(m, x, y, index, state)[0]
@@ -121,20 +124,12 @@ def objective_velocity(
             m.training = training
 
 
-def _make_state(model: nn.Module, device: torch.device, seed: int) -> Any:
+def _make_state(model: nn.Module, device: torch.device, seed: int, epoch: int = 0) -> Any:
     """A training-step state for calling an objective outside the training loop."""
+    from robustlab.objectives import StepState
+
     gen = torch.Generator(device=device).manual_seed(int(seed))
-    try:
-        from robustlab.objectives import StepState
-    except ImportError:  # objectives not built yet: a plain namespace with the same fields
-        from types import SimpleNamespace
-
-        return SimpleNamespace(raw_model=model, epoch=0, step=0, generator=gen)
-    import inspect
-
-    fields = inspect.signature(StepState).parameters
-    kwargs: dict[str, Any] = {"raw_model": model, "epoch": 0, "step": 0, "generator": gen}
-    return StepState(**{k: v for k, v in kwargs.items() if k in fields})
+    return StepState(raw_model=model, epoch=epoch, step=0, epochs=epoch + 1, generator=gen)
 
 
 def boundary_speed(

@@ -41,6 +41,8 @@ __all__ = [
     "default_eps",
     "analyze_run",
     "find_checkpoint",
+    "parse_objective_spec",
+    "objective_from_spec",
     "read_analysis",
 ]
 
@@ -62,6 +64,41 @@ def parse_analyses(what: str | Iterable[str] | None) -> list[str]:
     if not names:
         raise RobustlabError(f"no analysis named; choose from {', '.join(ANALYSES)}")
     return [a for a in ANALYSES if a in names]
+
+
+def parse_objective_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"pgd_at:eps=0.3,steps=3"`` -> ``("pgd_at", {"eps": 0.3, "steps": 3})`` (YAML values;
+    fractions such as ``8/255`` become floats)."""
+    import yaml
+
+    from robustlab.attacks.threat import parse_eps
+
+    name, _, rest = str(spec).partition(":")
+    if not name.strip():
+        raise RobustlabError(f"objective spec {spec!r} has no name; write NAME[:key=value,...]")
+    hp: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise RobustlabError(f"objective spec {spec!r}: expected key=value, got {item!r}")
+        v: Any = value.strip()
+        if "/" in v:
+            v = parse_eps(v)
+        else:
+            try:
+                v = yaml.safe_load(v)
+            except yaml.YAMLError:
+                raise RobustlabError(f"objective spec {spec!r}: cannot read {value!r}") from None
+        hp[key.strip()] = v
+    return name.strip(), hp
+
+
+def objective_from_spec(spec: str) -> Any:
+    """Build a registered objective from ``NAME[:key=value,...]``."""
+    from robustlab.objectives import create_objective
+
+    name, hp = parse_objective_spec(spec)
+    return create_objective(name, **hp)
 
 
 def select_samples(n_total: int, n: int | None, seed: int = 0) -> Tensor:
@@ -94,6 +131,49 @@ def _margins(
     return minimum_margins(model, x, y, norm=norm, steps=steps, seed=seed, eps_hint=eps)
 
 
+def _objective_dict(objective: Any) -> dict[str, Any]:
+    """``None``, one objective (or name), a list of them, or ``{label: objective}`` -> dict."""
+    if objective is None:
+        return {}
+    if isinstance(objective, dict):
+        return dict(objective)
+    items = objective if isinstance(objective, (list, tuple)) else [objective]
+    out: dict[str, Any] = {}
+    for obj in items:
+        label = obj if isinstance(obj, str) else getattr(obj, "name", type(obj).__name__)
+        out[label if label not in out else f"{label}_{len(out)}"] = obj
+    return out
+
+
+def _speeds(
+    model: nn.Module,
+    objective: Any,
+    margins: dict[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    ok: Tensor,
+    train_batch: tuple[Tensor, Tensor],
+    threat: Any,
+    seed: int,
+) -> tuple[Tensor, Tensor]:
+    """Closed-form (and box-aware) speeds of the verified points under one objective."""
+    xt, yt = train_batch
+    velocity = objective_velocity(model, objective, xt, yt, seed=seed)
+    speed = torch.full((x.shape[0],), math.nan, dtype=torch.float64)
+    speed_box = speed.clone()
+    if ok.numel():
+        dev = model_device(model)
+        okd = ok.to(x.device)
+        res = boundary_speed(
+            model, margins["x_hat"][ok].to(dev), y[okd].to(dev), velocity, threat,
+            x=x[okd].to(dev),
+        )  # fmt: skip
+        speed[ok] = res["speed"].double().cpu()
+        if "speed_box" in res:
+            speed_box[ok] = res["speed_box"].double().cpu()
+    return speed, speed_box
+
+
 def compute_analyses(
     model: nn.Module,
     x: Tensor,
@@ -112,10 +192,11 @@ def compute_analyses(
 ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
     """Run the analyses ``what`` on ``(x, y)``; returns ``(summaries, arrays)`` keyed by name.
 
-    ``dynamics`` needs ``objective`` (an objective or its registered name) and a training
-    batch ``train_batch`` giving the parameter velocity ``-grad L``; it reuses the margins
-    (computed if not requested). ``jacobian_projections`` > 0 replaces the exact Frobenius
-    norm by that many random projections (for large K).
+    ``dynamics`` needs ``objective`` (an objective or its registered name, a list of them, or
+    ``{label: objective}``) and a training batch ``train_batch`` giving each parameter
+    velocity ``-grad L``; it reuses the margins (computed if not requested).
+    ``jacobian_projections`` > 0 replaces the exact Frobenius norm by that many random
+    projections (for large K).
     """
     what = parse_analyses(list(what))
     threat = make_threat(norm, eps)
@@ -150,38 +231,31 @@ def compute_analyses(
         }
     if "dynamics" in what:
         assert margins is not None
-        if objective is None or train_batch is None:
+        objectives = _objective_dict(objective)
+        if not objectives or train_batch is None:
             raise RobustlabError("dynamics needs a training objective and a training batch")
         ok = (margins["verified"] & margins["correct"]).nonzero().squeeze(1)
-        xt, yt = train_batch
-        velocity = objective_velocity(model, objective, xt, yt, seed=seed)
-        speed = torch.full((x.shape[0],), math.nan, dtype=torch.float64)
-        speed_box = speed.clone()
-        if ok.numel():
-            dev = model_device(model)
-            okd = ok.to(x.device)
-            res = boundary_speed(
-                model, margins["x_hat"][ok].to(dev), y[okd].to(dev), velocity, threat,
-                x=x[okd].to(dev),
-            )  # fmt: skip
-            speed[ok] = res["speed"].double().cpu()
-            if "speed_box" in res:
-                speed_box[ok] = res["speed_box"].double().cpu()
         r = margins["margin"].double().numpy()
-        dyn = conflicting_dynamics(np.where(np.isnan(speed.numpy()), np.nan, r), speed.numpy(), eps)
-        arrays["dynamics"] = {"speed": speed.numpy(), "speed_box": speed_box.numpy(), "margin": r}
-        sp = speed.numpy()
+        dyn_arrays: dict[str, np.ndarray] = {"margin": r}
+        per_objective = {}
+        for label, obj in objectives.items():
+            speed, speed_box = _speeds(model, obj, margins, x, y, ok, train_batch, threat, seed)
+            sp = speed.numpy()
+            fin = sp[np.isfinite(sp)]
+            per_objective[label] = {
+                "frac_positive_speed": float(np.mean(fin > 0)) if fin.size else math.nan,
+                "frac_negative_speed": float(np.mean(fin < 0)) if fin.size else math.nan,
+                "median_abs_speed": float(np.median(np.abs(fin))) if fin.size else math.nan,
+                **conflicting_dynamics(np.where(np.isfinite(sp), r, np.nan), sp, eps),
+            }
+            dyn_arrays[f"speed__{label}"] = sp
+            dyn_arrays[f"speed_box__{label}"] = speed_box.numpy()
+        arrays["dynamics"] = dyn_arrays
         summaries["dynamics"] = {
-            "objective": getattr(objective, "name", str(objective)),
             "eps": eps,
             "norm": threat.name,
-            "frac_positive_speed": float(np.mean(sp[np.isfinite(sp)] > 0))
-            if ok.numel()
-            else math.nan,
-            "frac_negative_speed": float(np.mean(sp[np.isfinite(sp)] < 0))
-            if ok.numel()
-            else math.nan,
-            **dyn,
+            "n_points": int(ok.numel()),
+            "objectives": per_objective,
         }
     if "jacobian" in what:
         if jacobian_projections > 0:
@@ -255,7 +329,7 @@ def analyze_run(
     eps: float | None = None,
     data_dir: str | Path | None = None,
     seed: int = 0,
-    objective: str | None = None,
+    objective: str | Sequence[str] | None = None,
     margin_steps: int = 100,
     which: str = "best",
     device: str = "cpu",
@@ -264,7 +338,8 @@ def analyze_run(
 
     The same ``n`` and ``seed`` pick the same test samples in every run, so runs can be
     compared sample by sample. ``eps`` defaults to the dataset's usual training eps;
-    ``objective`` (for ``dynamics``) defaults to the run's own training objective.
+    ``objective`` (for ``dynamics``): one or more specs ``NAME[:key=value,...]`` (see
+    :func:`parse_objective_spec`), default the run's own training objective.
     Returns the merged summary written to ``RUN/analysis/summary.json``.
     """
     names = parse_analyses(what)
@@ -287,9 +362,14 @@ def analyze_run(
         from robustlab.objectives import create_objective
 
         if objective is None:
-            obj = create_objective(cfg.objective.name, **dict(cfg.objective.params))
+            obj: Any = {
+                cfg.objective.name: create_objective(
+                    cfg.objective.name, **dict(cfg.objective.params)
+                )
+            }
         else:
-            obj = create_objective(objective)
+            specs = [objective] if isinstance(objective, str) else list(objective)
+            obj = {spec: objective_from_spec(spec) for spec in specs}
         train = load_split(dataset, "train", root=data_dir or cfg.data.data_dir)
         tidx = select_samples(len(train), min(cfg.data.batch_size, 256), seed + 1)
         train_batch = (

@@ -29,8 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="eps, e.g. 0.3 or 8/255 (default: the dataset's usual eps)")  # fmt: skip
     p.add_argument("--data-dir", default=None, help="data root (default: the run's, then cache)")
     p.add_argument("--seed", type=int, default=0, help="picks the test samples and restarts")
-    p.add_argument("--objective", default=None,
-                   help="objective giving the dynamics' velocity (default: the run's)")  # fmt: skip
+    p.add_argument("--objective", action="append", default=None, metavar="NAME[:K=V,...]",
+                   help="objective whose gradient drives the dynamics, e.g. pgd_at:eps=0.3 "
+                   "(repeatable: one panel each; default: the run's own)")  # fmt: skip
     p.add_argument("--margin-steps", type=int, default=100, help="boundary-solver iterations")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
@@ -40,7 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``robustlab analyze``; returns the exit status."""
-    from robustlab.analysis.run import analyze_run, find_checkpoint, parse_analyses
+    from robustlab.analysis.run import (
+        analyze_run,
+        find_checkpoint,
+        objective_from_spec,
+        parse_analyses,
+    )
     from robustlab.attacks.threat import make_threat, parse_eps
 
     what = parse_analyses(args.what)
@@ -48,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     make_threat(args.norm, eps or 1.0)  # unknown norm: error before any work
     if args.n is not None and args.n <= 0:
         raise RobustlabError(f"--n must be positive, got {args.n}")
+    for spec in args.objective or []:
+        objective_from_spec(spec)  # bad names or values: an error before any work
     for run_dir in args.run_dirs:  # every bad directory is reported before any work
         find_checkpoint(run_dir)
     results = {}
@@ -76,8 +84,8 @@ def _headline(s: dict) -> str:
         parts.append(f"gap {s['logits']['gap']['mean']:.3g}")
     if "margins" in s:
         parts.append(f"margin {s['margins']['margin_mean']:.3g}")
-    if "dynamics" in s:
-        parts.append(f"neg. speed {s['dynamics']['frac_negative_speed']:.2f}")
+    for label, d in s.get("dynamics", {}).get("objectives", {}).items():
+        parts.append(f"neg. speed ({label}) {d['frac_negative_speed']:.2f}")
     if "jacobian" in s:
         parts.append(f"|J|_F {s['jacobian']['fro_mean']:.3g}")
     if "fisher" in s:

@@ -157,10 +157,11 @@ def comparison_figures(runs: Sequence[RunData], top_n: int = 8) -> list[tuple[st
                         F.image_grid(imgs[idx], caps, title=f"{who.name} >> {other.name}"),
                     )
                 )
-    mr = with_("margins")
-    if mr:
-        eps = float(mr[0].analysis.get("margins", {}).get("eps", math.nan))
-        norm = mr[0].analysis.get("margins", {}).get("norm", "")
+    by_norm: dict[tuple[str, float], list[RunData]] = {}
+    for r in with_("margins"):
+        m = r.analysis.get("margins", {})
+        by_norm.setdefault((str(m.get("norm", "")), float(m.get("eps", math.nan))), []).append(r)
+    for (norm, eps), mr in by_norm.items():  # runs analysed at another norm get their own figure
         series = {}
         for r in mr:
             m = r.arrays["margins"]
@@ -174,19 +175,20 @@ def comparison_figures(runs: Sequence[RunData], top_n: int = 8) -> list[tuple[st
                 F.overlay_histograms(series, f"{norm} margin", vline=eps if eps == eps else None),
             )
         )
-    dr = [r for r in runs if "dynamics" in r.analysis]
+    dr = [r for r in runs if "objectives" in r.analysis.get("dynamics", {})]
     if dr:
         eps = float(dr[0].analysis["dynamics"]["eps"])
         res = {
-            f"{r.name} ({r.analysis['dynamics'].get('objective', '?')})": r.analysis["dynamics"]
+            f"{r.name}: {label}": d
             for r in dr
+            for label, d in r.analysis["dynamics"]["objectives"].items()
         }
         figs.append(
             (
                 "dynamics",
                 "Conflicting boundary dynamics: per margin bin (width eps/4, last bin open), the "
                 "fraction of points the boundary moves away from (up) and towards (down) under one "
-                "gradient step of the objective.",
+                "gradient step of the objective named in each panel (run: objective).",
                 F.conflicting_dynamics_figure(res, eps),
             )
         )
@@ -301,8 +303,6 @@ _ROWS = [
     ("margins", "median_margin", "median margin"),
     ("margins", "frac_margin_below_eps", "fraction with margin < eps (or wrong)"),
     ("margins", "frac_verified", "fraction of margins verified"),
-    ("dynamics", "frac_negative_speed", "fraction of negative speeds"),
-    ("dynamics", "frac_negative_below_eps", "fraction negative among margin < eps"),
     ("jacobian", "fro", "mean |dz/dx|_F"),
     ("jacobian", "spec", "mean |dz/dx|_2"),
     ("fisher", "fisher_fro", "mean |F(x)|_F"),
@@ -314,7 +314,9 @@ _ROWS = [
 
 
 def _fmt(v: Any) -> str:
-    if isinstance(v, bool) or v is None:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
         return html.escape(str(v))
     if isinstance(v, (int, np.integer)):
         return str(int(v))
@@ -379,6 +381,20 @@ def _accuracy_table(runs: Sequence[RunData]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+def _dynamics_rows(runs: Sequence[RunData]) -> list[str]:
+    """One row per (statistic, objective) of the boundary-dynamics analysis."""
+    per_run = [r.analysis.get("dynamics", {}).get("objectives", {}) for r in runs]
+    rows = []
+    for label in sorted({lab for d in per_run for lab in d}):
+        for key, text in (
+            ("frac_negative_speed", "fraction of negative speeds"),
+            ("frac_negative_below_eps", "fraction negative among margin < eps"),
+        ):
+            cells = "".join(f"<td>{_fmt(d.get(label, {}).get(key))}</td>" for d in per_run)
+            rows.append(f"<tr><td>{html.escape(text)} ({html.escape(label)})</td>{cells}</tr>")
+    return rows
+
+
 def _analysis_table(runs: Sequence[RunData]) -> str:
     head = "<tr><th>statistic</th>" + "".join(f"<th>{html.escape(r.name)}</th>" for r in runs)
     body = []
@@ -387,6 +403,7 @@ def _analysis_table(runs: Sequence[RunData]) -> str:
             continue
         cells = "".join(f"<td>{_cell(r, analysis, key)}</td>" for r in runs)
         body.append(f"<tr><td>{html.escape(label)}</td>{cells}</tr>")
+    body += _dynamics_rows(runs)
     if not body:
         return (
             "<p class='note'>No run has been analysed yet: run <code>robustlab analyze</code>.</p>"
