@@ -93,11 +93,14 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The architecture, passed to ``robustlab.models.create_model``."""
+    """The architecture, passed to ``robustlab.models.create_model``; ``weights`` (a checkpoint
+    file or a run directory) initializes it for fine-tuning."""
 
     name: str = "lenet5"
     norm: str | None = None
     act: str | None = None
+    weights: str | None = None
+    remap: Literal["none", "auto"] = "none"
     kwargs: dict[str, Any] = _f({})
 
 

@@ -295,3 +295,31 @@ def test_cli_trains_a_recipe(tmp_path: Path) -> None:
     argv = ["train", str(recipe), "--run-dir", str(run), "train.epochs=1", "train.progress=false"]
     assert cli_main(argv) == 0
     assert (run / "summary.json").is_file()
+
+
+def test_fine_tune_from_weights(tmp_path: Path, trades_checkpoint: Path) -> None:
+    cfg = tiny(
+        "model.name=smallcnn",
+        f"model.weights={trades_checkpoint}",
+        "optim.lr=1e-9",
+        "optim.weight_decay=0",
+        "train.epochs=1",
+        "validation.attack.eps=0.3",
+        "validation.attack.steps=10",
+    )
+    run = train(cfg, run_dir=tmp_path / "ft")
+    model, _ = load_run_model(run, "last")
+    ref = safe_torch_load(trades_checkpoint)
+    for k, v in ref.items():
+        torch.testing.assert_close(model.state_dict()[k], v, atol=1e-6, rtol=0)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["final"]["val_clean_acc"] > 0.95  # the TRADES model, barely moved
+    again = train(
+        tiny("model.name=smallcnn", f"model.weights={run}", "train.epochs=1", "optim.lr=1e-9"),
+        run_dir=tmp_path / "ft2",
+    )
+    m2, _ = load_run_model(again, "last")
+    torch.testing.assert_close(m2.state_dict(), model.state_dict(), atol=1e-6, rtol=0)
+    with pytest.raises(ConfigError, match="model.weights"):
+        train(tiny(f"model.weights={tmp_path / 'missing.pt'}"), run_dir=tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()

@@ -6,6 +6,7 @@ Also what ``torchrun --nproc-per-node N -m robustlab train ...`` runs on every p
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -92,5 +93,6 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"{run_dir} is not a run directory (no config.yaml to resume)")
     cfg = load_config(recipe_path, overrides)
     out = train(cfg, run_dir=run_dir, resume=args.resume)
-    print(f"robustlab: run complete: {out}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        print(f"robustlab: run complete: {out}")
     return 0

@@ -138,7 +138,10 @@ class Trainer:
             cfg.data.dataset, cfg.data.data_dir, cfg.data.n_train, cfg.data.n_val, cfg.seed
         )
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        model = build_model(cfg).to(self.device)
+        model = build_model(cfg)
+        if cfg.model.weights and self.ckpt is None:
+            _load_initial_weights(model, cfg.model.weights, cfg.model.remap)
+        model = model.to(self.device)
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if dist.distributed and cfg.train.sync_bn:
@@ -543,6 +546,26 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def _load_initial_weights(model: nn.Module, source: str, remap: str) -> None:
+    """``model.weights``: a checkpoint file, or a run directory (its best model)."""
+    from robustlab.models import load_checkpoint as load_weights
+
+    path = Path(source)
+    if path.is_dir():
+        path = path / CHECKPOINT_DIR / "best.pt"
+        if not path.is_file():
+            raise ConfigError(f"model.weights: {source} is not a complete run (no best.pt)")
+        state = load_checkpoint(path)["model"]
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise ConfigError(f"model.weights: {source} does not fit model: {e}") from None
+        return
+    if not path.is_file():
+        raise ConfigError(f"model.weights: checkpoint not found: {source}")
+    load_weights(model, path, remap=remap)
 
 
 def _check_same_config(stored: Config, given: Config, run_dir: Path) -> None:
