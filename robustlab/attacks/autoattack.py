@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -292,7 +292,7 @@ class AutoAttack(Ensemble):
         return f"AutoAttack({self.version!r}, {self.threat!r}, {[a for a, _ in self.attacks]})"
 
 
-def _preset(version: str):  # noqa: ANN202 - returns a factory
+def _preset(version: str) -> Callable[..., AutoAttack]:
     def factory(**kw: Any) -> AutoAttack:
         kw.pop("version", None)
         return AutoAttack(version=version, **kw)
