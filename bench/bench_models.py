@@ -2,7 +2,7 @@
 full-MNIST evaluation, and how fast ``cifar_cnn`` trains on CIFAR-10.
 
 Usage: ``python -m bench.bench_models [--data-dir ../shared/data] [--threads 2]
-[--train-steps 390]``; writes ``bench/results/models.json`` and prints the same JSON.
+[--train-steps 780]``; writes ``bench/results/models.json`` and prints the same JSON.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data-dir", type=Path, default=SHARED / "data")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--train-steps", type=int, default=390, help="390 steps of 128 = 1 epoch")
+    ap.add_argument("--train-steps", type=int, default=780, help="390 steps of 128 = 1 epoch")
     ap.add_argument("--skip-train", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
