@@ -323,3 +323,29 @@ def test_autoattack_presets() -> None:
     rand = create_attack("autoattack-rand", eps=8 / 255)
     assert [a for a, _ in rand.attacks] == ["apgd-ce", "apgd-dlr"]
     assert all(a.eot_iter == 20 for _, a in rand.attacks)
+
+
+class Noisy(nn.Module):
+    """A randomized model: Gaussian noise on the input at every forward (eval mode too)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc((x + 0.05 * torch.randn_like(x)).flatten(1)) * 5.0
+
+
+def test_autoattack_rand_uses_eot_on_a_randomized_model() -> None:
+    torch.manual_seed(0)
+    model, x = Noisy(), torch.rand(10, 1, 8, 8)
+    with torch.no_grad():
+        y = model.fc(x.flatten(1)).argmax(1)
+    calls = []
+    model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    aa = create_attack("autoattack-rand", eps=0.002, steps=3)
+    res = aa.run(model, x, y)
+    # 20 forward passes per gradient: (1 start + 3 steps) x 20 per APGD run at least
+    assert len(calls) >= 4 * 20
+    assert make_threat("linf", 0.002).distance(res.x_adv, x).max() <= 0.002 + 1e-6
+    assert res.robust_accuracy <= res.clean_accuracy
