@@ -18,7 +18,7 @@ from robustlab.cli import main as cli_main
 from robustlab.config import ScheduleConfig, config_from_dict, load_config
 from robustlab.errors import ConfigError, RobustlabError
 from robustlab.io import atomic_torch_save, safe_torch_load
-from robustlab.train import load_run_model, register_callback, train
+from robustlab.train import build_model, load_run_model, register_callback, train
 from robustlab.train.checkpoint import rng_state, set_rng_state
 from robustlab.train.ema import ModelEMA
 from robustlab.train.optim import build_optimizer, lr_factor, param_groups
@@ -323,3 +323,25 @@ def test_fine_tune_from_weights(tmp_path: Path, trades_checkpoint: Path) -> None
     with pytest.raises(ConfigError, match="model.weights"):
         train(tiny(f"model.weights={tmp_path / 'missing.pt'}"), run_dir=tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+def test_bf16_autocast_and_adamw_on_cpu(tmp_path: Path) -> None:
+    cfg = tiny(
+        "train.amp=bf16",
+        "optim.name=adamw",
+        "optim.lr=2e-3",
+        "schedule.name=onecycle",
+        "train.epochs=1",
+        "objective.name=pgd_at",
+        "objective.eps=0.1",
+        "objective.steps=1",
+        "validation.n=50",
+    )
+    run = train(cfg, run_dir=tmp_path / "run")
+    final = json.loads((run / "summary.json").read_text())["final"]
+    assert math.isfinite(final["train_loss"]) and 0 <= final["val_robust_acc"] <= 1
+    model, _ = load_run_model(run, "last")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    torch.manual_seed(cfg.seed)
+    init = build_model(cfg)
+    assert not torch.equal(init.conv1.weight, model.conv1.weight)
