@@ -164,7 +164,7 @@ def apgd(
         return {k: v[keep] for k, v in st.items()}
 
     st = flush(st, final=False)
-    since_found = 0
+    since_flush = 0
     for i in range(steps):
         if st["idx"].numel() == 0:
             break
@@ -199,10 +199,10 @@ def apgd(
                 st["xa"] = torch.where(rr, st["x_best"], st["xa"])
                 st["grad"] = torch.where(rr, st["grad_best"], st["grad"])
                 st["count"] = torch.zeros_like(st["count"])
-        since_found += 1
-        if since_found >= compact_every:
+        since_flush += 1
+        if since_flush >= compact_every:
             st = flush(st, final=False)
-            since_found = 0
+            since_flush = 0
     flush(st, final=True)
     return APGDResult(out, broken, loss_out)
 
