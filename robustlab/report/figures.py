@@ -153,26 +153,32 @@ def conflicting_dynamics_figure(results: Mapping[str, Mapping[str, Any]], eps: f
     """Fractions of positive and negative boundary speeds per margin bin, one panel per run."""
     plt = _plt()
     n = max(1, len(results))
+    cols = min(2, n)
+    rows = -(-n // cols)
     fig, axes = plt.subplots(
-        1, n, layout="constrained", figsize=(4.2 * n, 3.2), squeeze=False, sharey=True
-    )
-    for ax, (name, r) in zip(axes[0], results.items(), strict=False):
+        rows, cols, layout="constrained", figsize=(5.0 * cols, 3.4 * rows), squeeze=False,
+        sharey=True,
+    )  # fmt: skip
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    for ax, (name, r) in zip(axes.ravel(), results.items(), strict=False):
         edges = np.asarray(r["bin_edges"], dtype=float)
         width = edges[1] - edges[0]
-        centers = edges[:-1] + width / 2
+        lower = edges[:-1]  # the last bin is open: [edges[-2], inf)
         pos = np.nan_to_num(np.asarray(r["frac_positive"], dtype=float))
         neg = np.nan_to_num(np.asarray(r["frac_negative"], dtype=float))
-        ax.bar(centers, pos, width=width * 0.9, color=_COLORS[2], label="speed > 0 (moves away)")
-        ax.bar(centers, -neg, width=width * 0.9, color=_COLORS[1], label="speed < 0 (approaches)")
+        kw = {"width": width * 0.9, "align": "edge"}
+        ax.bar(lower, pos, color=_COLORS[2], label="speed > 0 (moves away)", **kw)
+        ax.bar(lower, -neg, color=_COLORS[1], label="speed < 0 (approaches)", **kw)
         ax.axhline(0, color="k", lw=0.7)
         ax.axvline(eps, color="k", lw=0.8, ls=":")
         labels = [f"{e:.3g}" for e in edges[:-1]]
         labels[-1] = f">={edges[-2]:.3g}"
-        ax.set_xticks(centers)
+        ax.set_xticks(lower)
         ax.set_xticklabels(labels, rotation=60, fontsize=7)
         ax.set_xlabel("margin bin (lower edge)")
         ax.set_title(f"{name} (n={r.get('n', '?')})", fontsize=9)
-    axes[0][0].set_ylabel("fraction of points in bin")
+        ax.set_ylabel("fraction of points in bin")
     axes[0][0].legend(fontsize=7)
     return _png(fig)
 

@@ -106,6 +106,18 @@ def _same_samples(a: RunData, b: RunData) -> bool:
     )
 
 
+def _training_eps(run: RunData) -> float | None:
+    """The eps a run was trained at (0 without one); None when it cannot be read."""
+    obj = run.config.get("objective", {}) or {}
+    eps = (obj.get("params", {}) or {}).get("eps", 0.0)
+    try:
+        from robustlab.attacks.threat import parse_eps
+
+        return 0.0 if eps in (0, 0.0, None) else parse_eps(eps)
+    except Exception:  # noqa: BLE001 (a hand-edited config: leave this run out of the plot)
+        return None
+
+
 def comparison_figures(runs: Sequence[RunData], top_n: int = 8) -> list[tuple[str, str, bytes]]:
     """``(section, caption, png)`` for every figure the runs' analyses allow."""
     figs: list[tuple[str, str, bytes]] = []
@@ -120,6 +132,21 @@ def comparison_figures(runs: Sequence[RunData], top_n: int = 8) -> list[tuple[st
         ]:
             png = F.overlay_histograms({r.name: r.arrays["logits"][stat] for r in lr}, label)
             figs.append(("logits", f"Distribution of the {label} on the test sample.", png))
+    pts = [(e, r) for r in lr if (e := _training_eps(r)) is not None]
+    if len({e for e, _ in pts}) >= 2:
+        pts.sort(key=lambda p: p[0])
+        series = {
+            label: ([e for e, _ in pts], [float(r.arrays["logits"][key].mean()) for _, r in pts])
+            for key, label in (("max_logit", "mean max logit"), ("gap", "mean logit gap"))
+        }
+        figs.append(
+            (
+                "logits",
+                "Mean max logit and mean logit gap against the training eps of each run "
+                "(0 for objectives without an eps).",
+                F.curves(series, "training eps", "logit statistic"),
+            )
+        )
     for i, a in enumerate(lr):
         for b in lr[i + 1 :]:
             if not _same_samples(a, b):
@@ -226,7 +253,9 @@ def comparison_figures(runs: Sequence[RunData], top_n: int = 8) -> list[tuple[st
             for r in runs
             for rec in r.epochs
             for k in rec
-            if k.startswith("analysis/") and isinstance(rec[k], (int, float))
+            if (k.startswith("analysis/") or (k.startswith("val_") and k.endswith("acc")))
+            and isinstance(rec[k], (int, float))
+            and not isinstance(rec[k], bool)
         }
     )
     panels = {}
@@ -247,7 +276,7 @@ def comparison_figures(runs: Sequence[RunData], top_n: int = 8) -> list[tuple[st
             (
                 "epochs",
                 "Statistics recorded per epoch by the analysis training callback "
-                "(analysis/* in metrics.jsonl).",
+                "(analysis/* in metrics.jsonl) and the validation accuracies.",
                 F.curves_grid(panels, "epoch"),
             )
         )
@@ -276,6 +305,7 @@ table{border-collapse:collapse;margin:8px 0;font-size:0.9em}
 th,td{border:1px solid #ddd;padding:4px 8px;text-align:right}
 th:first-child,td:first-child{text-align:left}th{background:#f4f4f4}
 figure{display:inline-block;vertical-align:top;margin:8px;max-width:560px}
+figure.wide{max-width:1100px}
 figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:0.85em;color:#444}.note{color:#666;font-size:0.9em}
 """
@@ -466,9 +496,10 @@ def build_report(
         if not items:
             continue
         parts.append(f"<h2>{html.escape(heading)}</h2>")
+        cls = " class='wide'" if section in ("dynamics", "epochs") else ""
         for caption, png in items:
             parts.append(
-                f"<figure>{_img(png, caption)}<figcaption>{html.escape(caption)}"
+                f"<figure{cls}>{_img(png, caption)}<figcaption>{html.escape(caption)}"
                 "</figcaption></figure>"
             )
     parts.append("</body></html>")
