@@ -154,7 +154,7 @@ class TrainConfig:
     log_every: int = _f(50, ge=0)
     checkpoint_every: int = _f(0, ge=0)
     progress: bool = True
-    tensorboard: bool = False
+    tensorboard: bool = True
 
 
 @dataclass

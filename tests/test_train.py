@@ -233,6 +233,9 @@ def test_short_run_writes_a_complete_run_dir(tmp_path: Path) -> None:
     summary = json.loads((run / "summary.json").read_text())
     assert summary["complete"] and summary["steps"] == 8
     assert summary["best"]["metric"] == "val_robust_acc"
+    best_epoch = max(epochs, key=lambda r: (r["val_robust_acc"], -r["epoch"]))["epoch"]
+    assert summary["best"]["epoch"] == best_epoch
+    assert safe_torch_load(run / "checkpoints" / "best.pt")["epoch"] == best_epoch
     stored = load_config(run / "config.yaml")
     assert stored == cfg
     ck = safe_torch_load(run / "checkpoints" / "last.pt")
