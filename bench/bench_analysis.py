@@ -107,7 +107,7 @@ def bench_margins_and_speeds(model, x, y, steps: int, n_fd: int, fd_steps: int) 
             "median_margin": float(r["margin"][ok].median()),
             "speeds_per_s": len(ok) / t_s,
             "speed_vs_finite_difference": _finite_difference(
-                model, obj, x, y, norm, eps, steps, n_fd
+                model, obj, x, y, norm, eps, fd_steps, n_fd
             ),  # fmt: skip
         }
     return out

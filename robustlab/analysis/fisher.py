@@ -55,11 +55,16 @@ def fisher_gram(model: nn.Module, x: Tensor) -> Tensor:
 def fisher_summary(model: nn.Module, x: Tensor, batch_size: int = 128) -> dict[str, np.ndarray]:
     """Per-sample Frobenius norm, top eigenvalue and trace of the input Fisher ``F(x)``.
 
-    Computed from the K x K Gram matrix ``A A^T``; returns numpy arrays of shape (N,).
+    Computed from the K x K Gram matrix ``A A^T``; returns numpy arrays of shape (N,). Batches
+    shrink below ``batch_size`` when K x d is large (the K gradients of a batch are held).
     """
     check_batch(x)
     dev = model_device(model)
     fro, top, tr = [], [], []
+    if x.shape[0]:  # keep the (n, K, d) gradients of a batch under ~2^24 numbers
+        with torch.no_grad(), eval_mode(model):
+            k = model(x[:1].to(dev)).shape[1]
+        batch_size = max(1, min(batch_size, 2**24 // (k * x[0].numel())))
     for s in batches(x.shape[0], batch_size):
         gram = fisher_gram(model, x[s].to(dev)).cpu()
         eig = torch.linalg.eigvalsh(gram)  # ascending; symmetric PSD

@@ -51,6 +51,10 @@ def minimum_margins(
         k: [] for k in ("margin", "x_hat", "phi", "verified", "correct")
     }
     with attack_mode(model):
+        if x.shape[0]:  # the solver holds K - 1 input gradients per sample: bound the batch
+            with torch.no_grad():
+                k = model(x[:1].to(dev)).shape[1]
+            batch_size = max(1, min(batch_size, 2**24 // (max(1, k - 1) * x[0].numel())))
         for s in batches(x.shape[0], batch_size):
             xb, yb = x[s].detach().to(dev), y[s].to(dev).long()
             with torch.no_grad():
