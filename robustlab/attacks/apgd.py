@@ -222,7 +222,7 @@ def apgd_targeted(
 ) -> APGDResult:
     """APGD with the targeted DLR loss against the ``n_targets`` most likely other classes.
 
-    Targets are run ``target_batch`` at a time (default: as many as fit in 256 rows on a CPU,
+    Targets are run ``target_batch`` at a time (default: as many as fit in 128 rows on a CPU,
     4096 on a GPU); a sample leaves as soon as one target breaks it, and later target chunks
     only run on unbroken samples.
     """
@@ -237,8 +237,8 @@ def apgd_targeted(
         raise RobustlabError("APGD-T needs at least one target class")
     z = logits.clone().scatter_(1, y[:, None], float("-inf"))
     order = z.argsort(1, descending=True)[:, :n_targets]  # most likely wrong classes first
-    if target_batch is None:  # rows per call: CPUs slow down past a few hundred rows
-        max_rows = 4096 if x.device.type == "cuda" else 256
+    if target_batch is None:  # rows per call: CPUs slow down once activations leave the cache
+        max_rows = 4096 if x.device.type == "cuda" else 128
         target_batch = max(1, max_rows // max(n, 1))
     tb = max(1, min(int(target_batch), n_targets))
     out = x.clone()

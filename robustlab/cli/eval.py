@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--batch-size",
         type=int,
         default=None,
-        help="images per batch (default 256 on CPU, 1024 on GPU)",
+        help="images per batch (default 128 on CPU, 1024 on GPU)",
     )
     p.add_argument(
         "--remap",
