@@ -348,3 +348,13 @@ def test_bf16_autocast_and_adamw_on_cpu(tmp_path: Path) -> None:
     torch.manual_seed(cfg.seed)
     init = build_model(cfg)
     assert not torch.equal(init.conv1.weight, model.conv1.weight)
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_like_eager(tmp_path: Path) -> None:
+    runs = {}
+    for compiled in (False, True):
+        cfg = tiny(f"train.compile={str(compiled).lower()}", "train.epochs=1", "data.n_val=0")
+        runs[compiled] = load_run_model(train(cfg, run_dir=tmp_path / str(compiled)), "last")[0]
+    for a, b in zip(runs[False].parameters(), runs[True].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
