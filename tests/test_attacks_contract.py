@@ -349,3 +349,16 @@ def test_autoattack_rand_uses_eot_on_a_randomized_model() -> None:
     assert len(calls) >= 4 * 20
     assert make_threat("linf", 0.002).distance(res.x_adv, x).max() <= 0.002 + 1e-6
     assert res.robust_accuracy <= res.clean_accuracy
+
+
+@pytest.mark.parametrize("version", ["standard", "plus"])
+def test_autoattack_presets_run_end_to_end(version: str, setup) -> None:
+    model, x, y = setup
+    aa = create_attack("autoattack", eps=0.05, version=version, steps=2, n_queries=10)
+    res = aa.run(model, x, y)
+    names = [p["attack"] for p in res.per_attack]
+    assert names == [a for a, _ in aa.attacks] and not res.skipped
+    assert make_threat("linf", 0.05).distance(res.x_adv, x).max() <= 0.05 + 1e-6
+    with torch.no_grad():
+        robust = model.eval()(res.x_adv).argmax(1) == y
+    assert torch.equal(robust, res.robust_correct)
