@@ -43,6 +43,10 @@ def mnist_runs(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> d
         cfg = load_config(REPO / "recipes" / "cpu" / f"{recipe}.yaml",
                           [*_COMMON, *extra, f"data.data_dir={shared_data}"])  # fmt: skip
         runs[name] = train(cfg, run_dir=root / name)
+    for run in runs.values():  # robust accuracy for the report's table
+        code = main(["eval", "--run", str(run), "--attack", "pgd", "--eps", "0.3", "--n", "200",
+                     "--data-dir", str(shared_data), "--quiet"])  # fmt: skip
+        assert code == 0
     code = main(["analyze", str(runs["standard"]), str(runs["pgd_at"]), "--n", "64",
                  "--margin-steps", "15", "--data-dir", str(shared_data)])  # fmt: skip
     assert code == 0
@@ -103,6 +107,10 @@ def test_report_loads_in_a_real_browser(mnist_runs: dict[str, Path], tmp_path_fa
         if os.environ.get("CI"):
             pytest.fail("chromium is missing in CI: run scripts/browser-setup.sh as root")
         pytest.skip("chromium not installed (scripts/browser-setup.sh installs it as root)")
+    text = page.read_text()
+    assert text.count("(pgd, linf eps=0.3, n=200)") == 2  # robust accuracy of both runs
+    ev = {k: json.loads((r / "eval" / "summary.json").read_text()) for k, r in mnist_runs.items()}
+    assert ev["pgd_at"]["robust_accuracy"] > ev["standard"]["robust_accuracy"] + 0.1
     result = check_page(page)
     assert result.errors == []
     assert result.title == "robustlab report"

@@ -386,6 +386,15 @@ def _numbers(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _robust_eval(run: RunData) -> dict[str, Any] | None:
+    """The run's ``robustlab eval`` summary (``eval/summary.json``) if it has one."""
+    for name in ("summary", *sorted(run.evals)):
+        ev = run.evals.get(name)
+        if isinstance(ev, dict) and "robust_accuracy" in ev:
+            return ev
+    return None
+
+
 def _accuracy_table(runs: Sequence[RunData]) -> str:
     rows = []
     for r in runs:
@@ -393,21 +402,28 @@ def _accuracy_table(runs: Sequence[RunData]) -> str:
         params = obj.get("params", {}) or {}
         model = (r.config.get("model", {}) or {}).get("name", "?")
         epochs = (r.config.get("train", {}) or {}).get("epochs", "?")
-        acc = {k: v for k, v in _numbers(r.summary).items() if "acc" in k.lower()}
-        for name, ev in r.evals.items():
-            acc.update(
-                {f"eval/{name}/{k}": v for k, v in _numbers(ev).items() if "acc" in k.lower()}
+        ev = _robust_eval(r)
+        if ev is not None:
+            clean = _fmt(ev.get("clean_accuracy"))
+            robust = (
+                f"{_fmt(ev.get('robust_accuracy'))} <span class='note'>"
+                f"({html.escape(str(ev.get('attack')))}, {html.escape(str(ev.get('norm')))} "
+                f"eps={_fmt(ev.get('eps'))}, n={_fmt(ev.get('n'))})</span>"
             )
-        acc_s = "<br>".join(f"{html.escape(k)}: {_fmt(v)}" for k, v in acc.items()) or "–"
+        else:
+            clean = robust = "– <span class='note'>(no robustlab eval)</span>"
+        train_acc = {k: v for k, v in _numbers(r.summary).items() if "acc" in k.lower()}
+        acc_s = "<br>".join(f"{html.escape(k)}: {_fmt(v)}" for k, v in train_acc.items()) or "–"
         p = ", ".join(f"{k}={v}" for k, v in params.items())
         rows.append(
             f"<tr><td>{html.escape(r.name)}</td><td>{html.escape(r.dataset)}</td>"
             f"<td>{html.escape(str(model))}</td>"
             f"<td>{html.escape(str(obj.get('name', '?')))} {html.escape(p)}</td>"
-            f"<td>{_fmt(epochs)}</td><td>{acc_s}</td></tr>"
+            f"<td>{_fmt(epochs)}</td><td>{clean}</td><td>{robust}</td><td>{acc_s}</td></tr>"
         )
     head = "<tr><th>run</th><th>dataset</th><th>model</th><th>objective</th><th>epochs</th>"
-    head += "<th>accuracy (summary.json, eval/)</th></tr>"
+    head += "<th>clean accuracy (eval)</th><th>robust accuracy (eval)</th>"
+    head += "<th>training summary</th></tr>"
     return f"<table>{head}{''.join(rows)}</table>"
 
 
