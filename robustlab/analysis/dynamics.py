@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jvp
 
 from robustlab.analysis._util import check_batch, eval_mode
+from robustlab.attacks.fab import hard_margin
 from robustlab.attacks.threat import ThreatModel
 from robustlab.errors import RobustlabError
 
@@ -37,15 +38,6 @@ __all__ = [
 
 PhiFn = Callable[[Tensor, Tensor], Tensor]
 Velocity = dict[str, Tensor]
-
-
-def hard_margin(logits: Tensor, y: Tensor) -> Tensor:
-    """``phi = z_y - max_{k != y} z_k`` per sample (positive on the correctly classified side)."""
-    z_y = logits.gather(1, y[:, None]).squeeze(1)
-    others = logits.masked_fill(
-        torch.nn.functional.one_hot(y, logits.shape[1]).bool(), float("-inf")
-    )
-    return z_y - others.amax(1)
 
 
 def _buffers_snapshot(model: nn.Module) -> dict[str, Tensor]:

@@ -45,6 +45,7 @@ from robustlab.attacks.base import (
     register_attack,
     resolve_threat,
 )
+from robustlab.attacks.core import margin_loss
 from robustlab.attacks.threat import ThreatModel, make_threat, per_sample
 from robustlab.errors import RobustlabError
 
@@ -79,10 +80,9 @@ class BoundaryResult:
 
 
 def hard_margin(logits: Tensor, y: Tensor) -> Tensor:
-    """``z_y - max_{k != y} z_k`` per sample: negative iff the prediction is not ``y``."""
-    z_y = logits.gather(1, y[:, None]).squeeze(1)
-    other = logits.scatter(1, y[:, None], float("-inf"))
-    return z_y - other.amax(1)
+    """``z_y - max_{k != y} z_k`` per sample: negative iff the prediction is not ``y`` (the
+    negated Carlini-Wagner :func:`~robustlab.attacks.core.margin_loss`)."""
+    return -margin_loss(logits, y)
 
 
 # --------------------------------------------------------------------------------------------

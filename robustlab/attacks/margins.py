@@ -30,13 +30,15 @@ class MarginResult:
     (0 for misclassified clean points, ``inf`` where none was found: see ``found``);
     ``x_boundary``: that perturbed input (the clean input where none was found or needed);
     ``found``: a verified point exists (True for misclassified clean points);
-    ``correct``: the clean prediction equals the label.
+    ``correct``: the clean prediction equals the label;
+    ``phi``: the hard margin ``z_y - max_{k != y} z_k`` at ``x_boundary`` (negative where found).
     """
 
     margin: Tensor
     x_boundary: Tensor
     found: Tensor
     correct: Tensor
+    phi: Tensor
 
 
 def minimum_norm_margins(
@@ -50,6 +52,7 @@ def minimum_norm_margins(
     seed: int = 0,
     refine_steps: int = 8,
     start_radius: float | None = None,
+    start_eps: float | None = None,
 ) -> MarginResult:
     """Minimal-perturbation margins in the ``norm`` ("linf", "l2" or "l1") by untargeted FAB.
 
@@ -57,7 +60,8 @@ def minimum_norm_margins(
     restored). Every margin is an upper bound on the true distance to the boundary, because it
     is attained by a verified point; more ``steps``/``restarts`` can only tighten it.
     ``start_radius`` sets the radius of the random starts used by restarts after the first
-    (default: half the best distance found so far, as in FAB).
+    (default, as in FAB: ``min(best distance so far, start_eps) / 2`` with ``start_eps`` the
+    box diameter unless given).
     """
     check_inputs(x, y)
     if int(batch_size) != batch_size or batch_size < 1:
@@ -69,18 +73,26 @@ def minimum_norm_margins(
     # The box diameter in this norm: the largest possible margin, so no eps limit applies.
     diameter = {"linf": 1.0, "l2": math.sqrt(d), "l1": float(d)}
     threat = make_threat(norm, 1.0)
-    threat = make_threat(norm, diameter[threat.name])
+    threat = make_threat(norm, start_eps or diameter[threat.name])
     margin = torch.empty(n, dtype=x.dtype, device=x.device)
     x_boundary = torch.empty_like(x)
     found = torch.empty(n, dtype=torch.bool, device=x.device)
     correct = torch.empty(n, dtype=torch.bool, device=x.device)
+    phi = torch.empty(n, dtype=x.dtype, device=x.device)
     gen = make_generator(seed, x.device)
     with attack_mode(model):
+        if n:  # the solver holds K - 1 input gradients per sample: bound the batch's memory
+            with torch.no_grad():
+                k = model(x[:1]).shape[1]
+            batch_size = max(1, min(batch_size, 2**24 // (max(1, k - 1) * d)))
         for lo in range(0, n, batch_size):
-            xb, yb = x[lo : lo + batch_size], y[lo : lo + batch_size]
+            s = slice(lo, lo + batch_size)
+            xb, yb = x[s], y[s]
             with torch.no_grad():
                 logits = model(xb)
             check_labels(yb, logits.shape[1])
+            clean = hard_margin(logits, yb)
+            ok = clean > 0  # misclassified or tied: margin 0 at the clean point
             res = boundary_search(
                 model,
                 xb,
@@ -93,11 +105,12 @@ def minimum_norm_margins(
                 refine_steps=refine_steps,
                 start_radius=start_radius,
             )
-            margin[lo : lo + batch_size] = res.distance
-            x_boundary[lo : lo + batch_size] = res.x_boundary
-            found[lo : lo + batch_size] = res.found
-            correct[lo : lo + batch_size] = hard_margin(logits, yb) > 0
-    return MarginResult(margin, x_boundary, found, correct)
+            margin[s] = torch.where(ok, res.distance, 0.0)
+            x_boundary[s] = torch.where(ok.reshape(-1, *[1] * (x.dim() - 1)), res.x_boundary, xb)
+            found[s] = res.found | ~ok
+            correct[s] = ok
+            phi[s] = torch.where(ok, res.phi_value, clean)
+    return MarginResult(margin, x_boundary, found, correct, phi)
 
 
 def robust_accuracy_curve(margins: Tensor, eps_grid: Sequence[float] | Tensor) -> Tensor:
