@@ -87,6 +87,19 @@ def make_act(act: str) -> nn.Module:
     return nn.ReLU() if act == "relu" else nn.SiLU()
 
 
+def init_conv_norm(model: nn.Module, zero_linear_bias: bool = False) -> None:
+    """He-normal (fan-out) conv weights, unit/zero norm affine parameters, in module order;
+    optionally zero every linear bias (the Wide ResNet convention)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear) and zero_linear_bias:
+            nn.init.zeros_(m.bias)
+
+
 class ImageClassifier(nn.Module):
     """Base class of every model: [0, 1] images in, logits out, normalization inside.
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from robustlab.models.layers import ImageClassifier, make_act, make_norm
+from robustlab.models.layers import ImageClassifier, init_conv_norm, make_act, make_norm
 from robustlab.models.registry import register_model
 
 
@@ -57,13 +57,14 @@ class PreActBlock(nn.Module):
         return out + shortcut
 
 
-def _init(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+def _add_stages(model: nn.Module, block: type[nn.Module], w: int, norm: str, act: str) -> int:
+    """``layer1`` ... ``layer4``: two blocks each, widths w, 2w, 4w, 8w; returns the last width."""
+    c = w
+    for i, (mult, stride) in enumerate(((1, 1), (2, 2), (4, 2), (8, 2)), start=1):
+        blocks = [block(c, w * mult, stride, norm, act), block(w * mult, w * mult, 1, norm, act)]
+        setattr(model, f"layer{i}", nn.Sequential(*blocks))
+        c = w * mult
+    return c
 
 
 @register_model("resnet18", norm="bn")
@@ -84,17 +85,10 @@ class ResNet18(ImageClassifier):
         self.conv1 = nn.Conv2d(in_channels, w, 3, stride=1, padding=1, bias=False)
         self.bn1 = make_norm(norm, w)
         self.act = make_act(act)
-        c = w
-        for i, (mult, stride) in enumerate(((1, 1), (2, 2), (4, 2), (8, 2)), start=1):
-            blocks = [
-                BasicBlock(c, w * mult, stride, norm, act),
-                BasicBlock(w * mult, w * mult, 1, norm, act),
-            ]
-            setattr(self, f"layer{i}", nn.Sequential(*blocks))
-            c = w * mult
+        c = _add_stages(self, BasicBlock, w, norm, act)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(c, num_classes)
-        _init(self)
+        init_conv_norm(self)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.act(self.bn1(self.conv1(self.normalize(x))))
@@ -118,19 +112,12 @@ class PreActResNet18(ImageClassifier):
         super().__init__(num_classes, in_channels, input_size)
         w = int(width)
         self.conv1 = nn.Conv2d(in_channels, w, 3, stride=1, padding=1, bias=False)
-        c = w
-        for i, (mult, stride) in enumerate(((1, 1), (2, 2), (4, 2), (8, 2)), start=1):
-            blocks = [
-                PreActBlock(c, w * mult, stride, norm, act),
-                PreActBlock(w * mult, w * mult, 1, norm, act),
-            ]
-            setattr(self, f"layer{i}", nn.Sequential(*blocks))
-            c = w * mult
+        c = _add_stages(self, PreActBlock, w, norm, act)
         self.bn = make_norm(norm, c)
         self.act = make_act(act)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(c, num_classes)
-        _init(self)
+        init_conv_norm(self)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.conv1(self.normalize(x))

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from robustlab.errors import ConfigError
-from robustlab.models.layers import ImageClassifier, make_act, make_norm
+from robustlab.models.layers import ImageClassifier, init_conv_norm, make_act, make_norm
 from robustlab.models.registry import register_model
 
 
@@ -103,14 +103,7 @@ class WideResNet(ImageClassifier):
         self.relu = make_act(act)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c[3], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        init_conv_norm(self, zero_linear_bias=True)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.conv1(self.normalize(x))
