@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from robustlab.errors import RobustlabError
+from robustlab.objectives.base import eval_statistics as eval_mode  # modes restored on exit
 
 __all__ = ["batches", "model_device", "check_batch", "eval_mode", "to_numpy"]
 
@@ -38,18 +38,6 @@ def check_batch(x: Tensor, y: Tensor | None = None) -> None:
             raise RobustlabError("labels must be a 1-D integer tensor")
         if y.shape[0] != x.shape[0]:
             raise RobustlabError(f"{x.shape[0]} inputs but {y.shape[0]} labels (lengths differ)")
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode and restore each one's mode afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def to_numpy(t: Tensor) -> np.ndarray:

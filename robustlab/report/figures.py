@@ -91,22 +91,10 @@ def confidence_scatter(
     plt = _plt()
     fig, ax = plt.subplots(layout="constrained", figsize=(4.4, 4.2))
     ax.scatter(conf_a, conf_b, s=6, alpha=0.4, color="#555555", lw=0)
-    if len(highlight_a):
-        ax.scatter(
-            conf_a[list(highlight_a)],
-            conf_b[list(highlight_a)],
-            s=24,
-            color=_COLORS[0],
-            label=f"{name_a} more confident",
-        )
-    if len(highlight_b):
-        ax.scatter(
-            conf_a[list(highlight_b)],
-            conf_b[list(highlight_b)],
-            s=24,
-            color=_COLORS[1],
-            label=f"{name_b} more confident",
-        )
+    for idx, name, color in ((highlight_a, name_a, _COLORS[0]), (highlight_b, name_b, _COLORS[1])):
+        if len(idx):
+            sel = list(idx)
+            ax.scatter(conf_a[sel], conf_b[sel], s=24, color=color, label=f"{name} more confident")
     ax.plot([0, 100], [0, 100], color="k", lw=0.8, ls=":")
     ax.set_xlabel(f"confidence rank, {name_a} (percentile)")
     ax.set_ylabel(f"confidence rank, {name_b} (percentile)")
