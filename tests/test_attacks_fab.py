@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from attack_models import BNNet, linear_model
 from scipy.optimize import linprog, minimize
 from torch import nn
 
@@ -25,19 +26,6 @@ from robustlab.attacks.fab import (
 from robustlab.errors import RobustlabError
 
 DUAL = {"linf": 1.0, "l2": 2.0, "l1": math.inf}
-
-
-def linear_model(d: int, k: int, seed: int = 0) -> nn.Linear:
-    """A linear classifier in float64 (margins are exact to ~1e-12, not float32's ~1e-7)."""
-    g = torch.Generator().manual_seed(seed)
-    m = nn.Linear(d, k, dtype=torch.float64)
-    with torch.no_grad():
-        m.weight.copy_(torch.randn(k, d, generator=g, dtype=torch.float64))
-        # logits near zero around x = 0.5: small margins, so the box stays inactive there
-        m.bias.copy_(
-            -0.5 * m.weight.sum(1) + 0.1 * torch.randn(k, generator=g, dtype=torch.float64)
-        )
-    return m.eval()
 
 
 def analytic_margin(m: nn.Linear, x: torch.Tensor, y: torch.Tensor, norm: str) -> torch.Tensor:
@@ -308,21 +296,6 @@ def test_boundary_search_rejects_bad_arguments() -> None:
 
 
 # ------------------------------------------------------------------ attack contract
-
-
-class BNNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(3)
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.bn = nn.BatchNorm2d(4)
-        self.drop = nn.Dropout(0.5)
-        self.fc = nn.Linear(4 * 8 * 8, 5)
-        self.modes: list[bool] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.modes.append(self.training)  # the attack must run the model in eval mode
-        return self.fc(self.drop(torch.relu(self.bn(self.conv(x)))).flatten(1))
 
 
 @pytest.mark.parametrize("name", ["fab", "fab-t"])

@@ -7,22 +7,12 @@ import math
 
 import pytest
 import torch
+from attack_models import linear_model
 from torch import nn
 
 from robustlab.attacks.fab import FAB
 from robustlab.attacks.margins import minimum_norm_margins, robust_accuracy_curve
 from robustlab.errors import RobustlabError
-
-
-def linear_model(d: int, k: int, seed: int = 0) -> nn.Linear:
-    g = torch.Generator().manual_seed(seed)
-    m = nn.Linear(d, k, dtype=torch.float64)
-    with torch.no_grad():
-        m.weight.copy_(torch.randn(k, d, generator=g, dtype=torch.float64))
-        m.bias.copy_(
-            -0.5 * m.weight.sum(1) + 0.1 * torch.randn(k, generator=g, dtype=torch.float64)
-        )
-    return m.eval()
 
 
 def mlp(seed: int = 0) -> nn.Module:

@@ -7,6 +7,7 @@ import functools
 
 import pytest
 import torch
+from attack_models import BNNet
 from torch import nn
 
 from robustlab.attacks import create_attack, make_threat
@@ -40,24 +41,9 @@ def test_pseudo_gaussian_pattern(s: int) -> None:
         assert float(centre.abs().argmax()) == (s // 2)  # the bump peaks in the middle
 
 
-class BNNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(3)
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.bn = nn.BatchNorm2d(4)
-        self.drop = nn.Dropout(0.5)
-        self.fc = nn.Linear(4 * 8 * 8, 5)
-        self.modes: list[bool] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.modes.append(self.training)  # the attack must run the model in eval mode
-        return self.fc(self.drop(torch.relu(self.bn(self.conv(x)))).flatten(1))
-
-
 @pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.0)])
 def test_square_attack_contract(norm: str, eps: float) -> None:
-    model = BNNet()
+    model = BNNet(in_channels=3)
     model(torch.rand(16, 3, 8, 8))
     model.eval()
     x = torch.rand(10, 3, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -97,7 +83,7 @@ def test_square_bad_arguments() -> None:
     with pytest.raises(RobustlabError, match="p_init"):
         Square(eps=0.1, p_init=1.5)
     with pytest.raises(AttackInputError):
-        Square(eps=0.1)(BNNet(), torch.rand(2, 3, 8, 8) * 2, torch.tensor([0, 1]))
+        Square(eps=0.1)(BNNet(in_channels=3), torch.rand(2, 3, 8, 8) * 2, torch.tensor([0, 1]))
     with pytest.raises(RobustlabError, match="images"):
         Square(eps=0.1)(nn.Linear(4, 2), torch.rand(2, 4), torch.tensor([0, 1]))
 
