@@ -362,3 +362,18 @@ def test_autoattack_presets_run_end_to_end(version: str, setup) -> None:
     with torch.no_grad():
         robust = model.eval()(res.x_adv).argmax(1) == y
     assert torch.equal(robust, res.robust_correct)
+
+
+def test_pgd_restarts_only_attack_survivors_and_start_at_random(setup) -> None:
+    model, x, y = setup
+    calls: list[int] = []
+    hook = model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    one = create_attack("pgd", eps=0.05, steps=3, random_start=False)(model, x, y)
+    n_one = len(calls)
+    calls.clear()
+    three = create_attack("pgd", eps=0.05, steps=3, restarts=3, random_start=False)(model, x, y)
+    hook.remove()
+    assert len(calls) > n_one  # later restarts ran (from random starts, not repeats of the first)
+    with torch.no_grad():
+        model.eval()
+        assert int((model(three).argmax(1) != y).sum()) >= int((model(one).argmax(1) != y).sum())

@@ -137,8 +137,9 @@ def pgd(
 ) -> Tensor:
     """PGD on a batch; ``y`` are the true labels, ``y_target`` the targets when ``targeted``.
 
-    Each restart after the first runs only on the points not yet misclassified; a point keeps
-    the first adversarial example found for it, else the highest-objective final iterate.
+    Each restart after the first runs only on the points not yet misclassified, from a random
+    start even when ``random_start`` is off; a point keeps the first adversarial example found
+    for it, else the highest-objective final iterate.
     Does not switch model modes (see :class:`PGD` for the checked, mode-safe attack).
     """
     _check_params(steps, restarts, step_size)
@@ -150,14 +151,15 @@ def pgd(
     best = x.clone()
     best_obj = torch.full((x.shape[0],), float("-inf"), device=x.device)
     broken = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    for _ in range(restarts):
+    for r in range(restarts):
         todo = (~broken).nonzero().squeeze(1)
         if todo.numel() == 0:
             break
         xs, ys = x[todo], y[todo]
         ts = y_target[todo] if y_target is not None else None
         th = subset_threat(threat, todo)
-        start = th.random_start(xs, generator) if random_start else xs.clone()
+        # restarts after the first always start at random (a repeat of a run would be wasted)
+        start = th.random_start(xs, generator) if (random_start or r > 0) else xs.clone()
         adv, hit, final = _run(
             model, xs, ys, ts, th, sizes, objective, start, early_stop, restarts > 1
         )
