@@ -81,11 +81,13 @@ class EnsembleResult:
 
     @property
     def clean_accuracy(self) -> float:
-        return float(self.clean_correct.float().mean()) if self.clean_correct.numel() else 0.0
+        n = self.clean_correct.numel()
+        return int(self.clean_correct.sum()) / n if n else 0.0
 
     @property
     def robust_accuracy(self) -> float:
-        return float(self.robust_correct.float().mean()) if self.robust_correct.numel() else 0.0
+        n = self.robust_correct.numel()
+        return int(self.robust_correct.sum()) / n if n else 0.0
 
     def broken_by_name(self) -> list[str | None]:
         """Per sample: the name of the attack that broke it (None if unbroken or wrong clean)."""
