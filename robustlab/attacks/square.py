@@ -70,6 +70,18 @@ def _windows(
     return vh[:, None] + ar, vw[:, None] + ar
 
 
+def _window_mask(
+    n: int, h: int, w: int, s: int, gen: torch.Generator, device: torch.device
+) -> Tensor:
+    """(n, 1, h, w) boolean mask of a random s x s square per sample (the same draws as
+    :func:`_windows`)."""
+    vh = torch.randint(0, h - s + 1, (n,), generator=gen, device=device)
+    vw = torch.randint(0, w - s + 1, (n,), generator=gen, device=device)
+    i = torch.arange(h, device=device) - vh[:, None]  # (n, h)
+    j = torch.arange(w, device=device) - vw[:, None]  # (n, w)
+    return (((i >= 0) & (i < s))[:, :, None] & ((j >= 0) & (j < s))[:, None, :])[:, None]
+
+
 def _get(t: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     """The per-sample squares of ``t`` (n, c, h, w) -> (n, c, s, s)."""
     ni = torch.arange(t.shape[0], device=t.device)[:, None, None]
@@ -134,10 +146,14 @@ class Square(Attack):
             raise RobustlabError(f"square needs images (N, C, H, W), got shape {tuple(x.shape)}")
         if min(x.shape[2], x.shape[3]) < 2:
             raise RobustlabError("square needs images at least 2 pixels high and wide")
-        with torch.no_grad():
-            return self._run(model, x, y, generator)
+        with torch.inference_mode():  # cheaper per query than no_grad; 5000 queries add up
+            x_adv, queries = self._run(model, x, y, generator)
+        self.queries = queries.clone()
+        return x_adv.clone()  # a normal tensor again, usable by autograd downstream
 
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, gen: torch.Generator) -> Tensor:
+    def _run(
+        self, model: nn.Module, x: Tensor, y: Tensor, gen: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
         n, c, h, w = x.shape
         logits = model(x)
         check_labels(y, logits.shape[1])
@@ -146,31 +162,40 @@ class Square(Attack):
         x_adv = x.clone()
         queries = torch.zeros(n, dtype=torch.long, device=x.device)
         todo = (hard_margin(logits, y) > 0).nonzero().squeeze(1)  # attack correct points only
-        self.queries = queries
         if todo.numel() == 0:
-            return x_adv
+            return x_adv, queries
         xs, ys, eps = x[todo], y[todo], eps_all[todo]
         linf = self.threat.name == "linf"
         x_best = self._init_linf(xs, eps, gen) if linf else self._init_l2(xs, eps, gen)
         m_best = hard_margin(model(x_best), ys)
         q = torch.ones(xs.shape[0], dtype=torch.long, device=x.device)
+        idx = (m_best > 0).nonzero().squeeze(1)
         for it in range(1, self.n_queries):
-            idx = (m_best > 0).nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
             p = p_schedule(self.p_init, it, self.n_queries)
+            full = idx.numel() == xs.shape[0]  # no indexing while every point is still active
+            xi, bi, ei = (xs, x_best, eps) if full else (xs[idx], x_best[idx], eps[idx])
             if linf:
-                x_new = self._step_linf(xs[idx], x_best[idx], eps[idx], p, gen)
+                x_new = self._step_linf(xi, bi, ei, p, gen)
             else:
-                x_new = self._step_l2(xs[idx], x_best[idx], eps[idx], p, gen)
-            m_new = hard_margin(model(x_new), ys[idx])
-            q[idx] += 1
-            better = m_new < m_best[idx]
-            x_best[idx[better]] = x_new[better]
-            m_best[idx] = torch.minimum(m_new, m_best[idx])
+                x_new = self._step_l2(xi, bi, ei, p, gen)
+            m_new = hard_margin(model(x_new), ys if full else ys[idx])
+            if full:
+                q += 1
+                better = m_new < m_best
+                x_best = torch.where(better[:, None, None, None], x_new, x_best)
+                m_best = torch.minimum(m_new, m_best)
+            else:
+                q[idx] += 1
+                better = m_new < m_best[idx]
+                x_best[idx[better]] = x_new[better]
+                m_best[idx] = torch.minimum(m_new, m_best[idx])
+            if bool((m_new <= 0).any()):  # some point just crossed: drop it from the batch
+                idx = (m_best > 0).nonzero().squeeze(1)
         x_adv[todo] = x_best
         queries[todo] = q
-        return x_adv
+        return x_adv, queries
 
     # ---------------------------------------------------------------- Linf
     @staticmethod
@@ -188,19 +213,17 @@ class Square(Attack):
         n, c, h, w = x.shape
         s = int(round(math.sqrt(p * h * w)))
         s = min(max(s, 1), min(h, w) - 1)
-        rows, cols = _windows(n, h, w, s, gen, x.device)
-        x_win, best_win = _get(x, rows, cols), _get(x_best, rows, cols)
+        mask = _window_mask(n, h, w, s, gen, x.device)
         e = eps[:, None, None, None]
-        new_win = (x_win + e * _signs((n, c, 1, 1), gen, x)).clamp(0.0, 1.0)
+        new = (x + e * _signs((n, c, 1, 1), gen, x)).clamp(0.0, 1.0)
         for _ in range(10):  # redraw the signs where the square would not change
-            same = (new_win - best_win).abs().flatten(1).amax(1) < 1e-7
+            diff = torch.where(mask, (new - x_best).abs(), 0.0)
+            same = diff.flatten(1).amax(1) < 1e-7
             if not bool(same.any()):
                 break
-            redraw = (x_win + e * _signs((n, c, 1, 1), gen, x)).clamp(0.0, 1.0)
-            new_win = torch.where(same[:, None, None, None], redraw, new_win)
-        out = x_best.clone()
-        _put(out, rows, cols, new_win)
-        return out
+            redraw = (x + e * _signs((n, c, 1, 1), gen, x)).clamp(0.0, 1.0)
+            new = torch.where(same[:, None, None, None], redraw, new)
+        return torch.where(mask, new, x_best)
 
     # ---------------------------------------------------------------- L2
     @staticmethod
