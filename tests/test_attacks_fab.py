@@ -354,6 +354,27 @@ def test_fab_eps_bounded_consistent_with_minimal() -> None:
     assert float(fabt.distance.median()) <= float(minimal.distance.median()) * 1.02
 
 
+def test_fab_targeted_batched_targets_equal_one_after_another() -> None:
+    """Targets solved side by side (the default) give the points of running them in order."""
+    m = small_mlp(seed=3, d=16, k=6).double()
+    x = torch.rand(24, 16, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    with torch.no_grad():
+        y = m(x).argmax(1)
+    eps = float(FAB(eps=1.0, norm="linf", steps=20).minimal(m, x, y).distance.median())
+    outs, calls = {}, {}
+    for rows in (1, 256):
+        attack = FABTargeted(eps=eps, steps=20, n_target_classes=5)
+        attack.max_batch_rows = rows  # 1: one target at a time
+        solve, calls[rows] = attack._solve, []
+        attack._solve = lambda *a, _s=solve, _c=calls[rows], **k: _c.append(1) or _s(*a, **k)
+        outs[rows] = attack(m, x, y)
+    assert (len(calls[1]), len(calls[256])) == (5, 2)  # first target, then the other 4 at once
+    assert torch.allclose(outs[256], outs[1], atol=1e-12, rtol=0)
+    with torch.no_grad():
+        broken = int((m(outs[256]).argmax(1) != y).sum())
+    assert 0 < broken < x.shape[0]  # eps is binding: survivors went through the batched call
+
+
 def test_per_sample_eps_tensor() -> None:
     m = small_mlp(seed=2, d=16, k=4)
     x = torch.rand(12, 16, generator=torch.Generator().manual_seed(4))
