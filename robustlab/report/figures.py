@@ -234,7 +234,8 @@ def curves_grid(
     fig, axes = plt.subplots(
         rows, cols, layout="constrained", figsize=(3.6 * cols, 2.6 * rows), squeeze=False
     )
-    names = sorted({name for series in panels.values() for name in series})
+    # colours by first appearance (the runs' order), as in every other figure of the report
+    names = list(dict.fromkeys(name for series in panels.values() for name in series))
     for ax, (title, series) in zip(axes.ravel(), panels.items(), strict=False):
         for name, (xs, ys) in series.items():
             c = _COLORS[names.index(name) % len(_COLORS)]
