@@ -27,7 +27,7 @@ lint: setup
 	$(BIN)/ruff format --check robustlab tests bench
 
 bench: setup
-	$(BIN)/python -m bench.run_all
+	ROBUSTLAB_DATA=$${ROBUSTLAB_DATA:-$(CURDIR)/../shared/data} $(BIN)/python -m bench.run_all
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
