@@ -26,6 +26,12 @@ def per_sample(v: Tensor | float, like: Tensor) -> Tensor:
     return v.to(dtype=like.dtype, device=like.device).reshape(-1, *([1] * (like.dim() - 1)))
 
 
+def _eps_vector(eps: Tensor | float, like: Tensor) -> Tensor:
+    """``eps`` as an (N,) tensor on ``like``'s device and dtype (no host tensor per call)."""
+    e = torch.as_tensor(eps, dtype=like.dtype, device=like.device)
+    return e.reshape(-1).expand(like.shape[0])
+
+
 def _flat(v: Tensor) -> Tensor:
     return v.reshape(v.shape[0], -1)
 
@@ -127,9 +133,7 @@ class L2(ThreatModel):
         return grad / per_sample(n, grad)
 
     def project_ball(self, delta: Tensor, eps: Tensor | float | None = None) -> Tensor:
-        e = self.eps if eps is None else eps
-        e = e.to(delta) if isinstance(e, Tensor) else torch.full((delta.shape[0],), float(e))
-        e = e.to(delta).expand(delta.shape[0])
+        e = _eps_vector(self.eps if eps is None else eps, delta)
         n = self.norm_of(delta, 2.0)
         factor = torch.where(n > e, e / n.clamp_min(1e-12), torch.ones_like(n))
         return delta * per_sample(factor, delta)
@@ -154,9 +158,7 @@ class L1(ThreatModel):
         return out.reshape(grad.shape)
 
     def project_ball(self, delta: Tensor, eps: Tensor | float | None = None) -> Tensor:
-        e = self.eps if eps is None else eps
-        e = e.to(delta) if isinstance(e, Tensor) else torch.full((delta.shape[0],), float(e))
-        e = e.to(delta).expand(delta.shape[0])
+        e = _eps_vector(self.eps if eps is None else eps, delta)
         flat = _flat(delta)
         a = flat.abs()
         inside = a.sum(1) <= e
