@@ -11,6 +11,8 @@ $(BIN)/robustlab: pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[test,dev,report,bench]"
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps torchattacks==3.5.1
+	# the reference AutoAttack (commit a392200, MIT): a test/bench dependency, never imported by robustlab
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps $${ROBUSTLAB_SHARED:-../shared}/reference/autoattack-a392200.tar.gz
 	touch $(BIN)/robustlab
 
 setup: $(BIN)/robustlab

@@ -164,3 +164,28 @@ def test_square_as_strong_as_torchattacks(norm: str, eps: float) -> None:
     theirs = _acc(model, ref(x, y), y)
     assert ours < _acc(model, x, y)
     assert ours <= theirs + 0.1
+
+
+@pytest.mark.parametrize("rescale", [False, True])
+def test_p_schedule_matches_reference_for_5000_queries(rescale: bool) -> None:
+    """p(iteration) for every update of a 5000-query run equals the reference's
+    ``SquareAttack.p_selection`` (AutoAttack a392200); AutoAttack builds Square with
+    ``resc_schedule=False``, which must not be rescaled to a 10000-query budget."""
+    from autoattack.square import SquareAttack  # the reference (make setup installs it)
+
+    ref = SquareAttack(lambda x: x, p_init=0.8, n_queries=5000, resc_schedule=rescale, device="cpu")
+    ours = [p_schedule(0.8, it, 5000, rescale=rescale) for it in range(5000)]
+    theirs = [ref.p_selection(it) for it in range(5000)]
+    assert ours == pytest.approx(theirs, rel=0, abs=0)  # the same halvings: exact
+    if not rescale:  # iteration 4500: p = 0.8 / 128, a 3-pixel square on 32x32 images
+        assert p_schedule(0.8, 4500, 5000, rescale=False) == pytest.approx(0.8 / 128)
+        assert p_schedule(0.8, 4500, 5000, rescale=True) == pytest.approx(0.8 / 512)
+
+
+def test_autoattack_square_uses_raw_iteration_schedule() -> None:
+    from robustlab.attacks.autoattack import PRESETS
+
+    for version in ("standard", "plus"):
+        (kw,) = [kw for name, kw in PRESETS[version] if name == "square"]
+        assert kw["rescale_schedule"] is False and kw["n_queries"] == 5000
+    assert Square(eps=0.1).rescale_schedule is True  # the standalone reference default

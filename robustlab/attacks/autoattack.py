@@ -6,7 +6,8 @@ batches of survivors), and records which attack broke each point. :class:`AutoAt
 ensemble with the reference presets:
 
 - ``standard``: APGD-CE (100 steps, 1 restart), APGD-T (100 steps, 9 target classes),
-  FAB-T (100 steps, 9 target classes), Square (5000 queries);
+  FAB-T (100 steps, 9 target classes), Square (5000 queries, the p schedule in raw
+  iterations: ``rescale_schedule=False`` as the reference's ``resc_schedule=False``);
 - ``plus``: APGD-CE and untargeted APGD-DLR (5 restarts each), untargeted FAB (5 restarts),
   Square (5000 queries, 5 restarts with different seeds), APGD-T, FAB-T;
 - ``rand`` (randomized models): APGD-CE and APGD-DLR with 20 EOT iterations.
@@ -49,13 +50,13 @@ PRESETS: dict[str, list[Entry]] = {
         ("apgd-ce", {"steps": 100, "restarts": 1}),
         ("apgd-t", {"steps": 100, "n_targets": 9, "restarts": 1}),
         ("fab-t", {"steps": 100, "n_target_classes": 9, "restarts": 1}),
-        ("square", {"n_queries": 5000}),
+        ("square", {"n_queries": 5000, "rescale_schedule": False}),
     ],
     "plus": [
         ("apgd-ce", {"steps": 100, "restarts": 5}),
         ("apgd-dlr", {"steps": 100, "restarts": 5}),
         ("fab", {"steps": 100, "restarts": 5}),
-        ("square", {"n_queries": 5000, "_repeats": 5}),
+        ("square", {"n_queries": 5000, "rescale_schedule": False, "_repeats": 5}),
         ("apgd-t", {"steps": 100, "n_targets": 9, "restarts": 1}),
         ("fab-t", {"steps": 100, "n_target_classes": 9, "restarts": 1}),
     ],

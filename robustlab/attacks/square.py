@@ -3,7 +3,10 @@ attack by random square-shaped updates, for the Linf and L2 threat models.
 
 One job: the ``square`` attack. It only queries logits (no gradients): random search on the
 margin loss ``z_y - max_{k != y} z_k``, accepting a candidate when it lowers the margin, with the
-square side shrinking on the published schedule of ``p`` (the fraction of pixels changed).
+square side shrinking on the published schedule of ``p`` (the fraction of pixels changed): by
+default the breakpoints are rescaled to the query budget (the standalone reference default);
+inside AutoAttack, as the reference (a392200) builds it with ``resc_schedule=False``, they are
+taken in raw iterations, so with 5000 queries ``p`` stops halving after iteration 4000.
 Each sample draws its own square position and values; only points still classified correctly
 are queried. Samples misclassified on clean inputs are returned unchanged.
 """
@@ -26,13 +29,18 @@ __all__ = ["Square", "p_schedule", "pseudo_gaussian_pattern"]
 _P_BOUNDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 
-def p_schedule(p_init: float, it: int, n_queries: int) -> float:
-    """Fraction of pixels changed at iteration ``it``: ``p_init / 2**k`` where ``k`` counts the
-    breakpoints (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000 of 10000) passed by
-    ``it`` rescaled to a 10000-query budget (the published schedule, so any ``n_queries`` works).
+def p_schedule(p_init: float, it: int, n_queries: int, rescale: bool = True) -> float:
+    """Fraction of pixels changed at update ``it`` (0 = the first update after the
+    initialisation): ``p_init / 2**k`` where ``k`` counts the breakpoints (10, 50, 200, 500,
+    1000, 2000, 4000, 6000, 8000) that ``it`` has passed.
+
+    ``rescale`` (the reference's ``resc_schedule``): ``it`` is first mapped to a 10000-query
+    budget (``int(it / n_queries * 10000)``), so the schedule spans any ``n_queries``. Without
+    it the breakpoints count raw iterations, as AutoAttack runs Square: with 5000 queries the
+    last halving is at iteration 4000 and ``p`` is twice the rescaled one from iteration 6 on.
     """
-    scaled = int(it / n_queries * 10000)
-    if scaled > 10000:
+    scaled = int(it / n_queries * 10000) if rescale else int(it)
+    if rescale and scaled > 10000:
         return p_init
     k = sum(1 for b in _P_BOUNDS if scaled > b)
     return p_init / 2**k
@@ -115,6 +123,9 @@ class Square(Attack):
             5000).
         p_init: initial fraction of pixels changed (AutoAttack: 0.8), shrunk by
             :func:`p_schedule`.
+        rescale_schedule: map the schedule's breakpoints to ``n_queries`` (True, the
+            reference's standalone default) or count raw iterations (False: what AutoAttack
+            uses, ``resc_schedule=False`` in the reference).
         seed: all random choices.
     """
 
@@ -128,6 +139,7 @@ class Square(Attack):
         *,
         n_queries: int = 5000,
         p_init: float = 0.8,
+        rescale_schedule: bool = True,
         seed: int | None = 0,
     ) -> None:
         threat = resolve_threat(threat, eps, norm)
@@ -139,6 +151,7 @@ class Square(Attack):
             raise RobustlabError(f"p_init must be in (0, 1], got {p_init!r}")
         super().__init__(threat, seed)
         self.n_queries, self.p_init = int(n_queries), float(p_init)
+        self.rescale_schedule = bool(rescale_schedule)
         self.queries: Tensor | None = None  # per-sample queries used by the last call
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
@@ -173,7 +186,8 @@ class Square(Attack):
         for it in range(1, self.n_queries):
             if idx.numel() == 0:
                 break
-            p = p_schedule(self.p_init, it, self.n_queries)
+            # update it - 1 counted from 0 after the initialisation, as the reference counts
+            p = p_schedule(self.p_init, it - 1, self.n_queries, self.rescale_schedule)
             full = idx.numel() == xs.shape[0]  # no indexing while every point is still active
             xi, bi, ei = (xs, x_best, eps) if full else (xs[idx], x_best[idx], eps[idx])
             if linf:
