@@ -42,7 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "robust accuracy under any attack or AutoAttack preset, written to --run-dir.",
     )
     p.add_argument("--model", default=None, help="architecture name (see robustlab.models)")
-    p.add_argument("--weights", default=None, help="checkpoint file (.pt state dict)")
+    p.add_argument(
+        "--weights", default=None, help="weights file: a torch state dict (.pt) or .safetensors"
+    )
     p.add_argument("--dataset", default=None, help="dataset name, e.g. mnist, cifar10")
     p.add_argument(
         "--run",

@@ -1,7 +1,7 @@
 """Model zoo: the registry/factory, the architectures and checkpoint loading."""
 
 from robustlab.models import resnet, small, wideresnet  # noqa: F401  (register architectures)
-from robustlab.models.checkpoint import LoadReport, load_checkpoint
+from robustlab.models.checkpoint import LoadReport, load_checkpoint, read_weights, save_weights
 from robustlab.models.layers import ImageClassifier, Normalize
 from robustlab.models.registry import available_models, create_model, model_spec, register_model
 
@@ -9,6 +9,8 @@ __all__ = [
     "ImageClassifier",
     "LoadReport",
     "load_checkpoint",
+    "read_weights",
+    "save_weights",
     "Normalize",
     "available_models",
     "create_model",

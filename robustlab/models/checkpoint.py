@@ -4,11 +4,14 @@
 ``state_dict``/``model``/``model_state_dict``/``net`` (robustlab's own training checkpoints keep
 it under ``model``), with ``module.`` (DataParallel/DDP) and ``_orig_mod.`` (torch.compile)
 prefixes. With ``remap="auto"`` a checkpoint whose key names differ but whose tensors line up
-with the model's state dict in order and shape is loaded by position.
+with the model's state dict in order and shape is loaded by position. Files ending in
+``.safetensors`` are read with safetensors (tensors only, no code) and go through the same
+prefix stripping, remapping and error messages; ``save_weights`` writes them.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -20,9 +23,20 @@ from typing import Any
 from torch import Tensor, nn
 
 from robustlab.errors import CheckpointError, ConfigError
-from robustlab.io import safe_torch_load
+from robustlab.io import atomic_write_bytes, safe_torch_load
 
-__all__ = ["LoadReport", "load_checkpoint", "extract_state_dict", "REMAP_MODES"]
+__all__ = [
+    "LoadReport",
+    "load_checkpoint",
+    "extract_state_dict",
+    "read_weights",
+    "save_weights",
+    "REMAP_MODES",
+    "SAFETENSORS_SUFFIX",
+]
+
+SAFETENSORS_SUFFIX = ".safetensors"
+_ORDER_KEY = "robustlab.key_order"  # header metadata: the state dict's key order (JSON list)
 
 REMAP_MODES = ("none", "auto")
 STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "net")
@@ -222,27 +236,42 @@ def _mismatch_message(
     return f"checkpoint {path} does not fit model {arch}: " + "; ".join(parts) + f". Hint: {hint}"
 
 
-def load_checkpoint(
-    model: nn.Module,
+def save_weights(
+    weights: nn.Module | Mapping[str, Tensor],
     path: str | os.PathLike[str],
-    remap: str = "none",
-    strict: bool = True,
-    key: str | None = None,
-) -> LoadReport:
-    """Load the weights in ``path`` into ``model`` (in place) and report what was done.
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write a model's (or a state dict's) tensors to a ``.safetensors`` file, atomically.
 
-    ``remap="auto"``: when names differ, load by position if every tensor lines up in order
-    and shape with the model's state dict (the mapping is in ``report.remapped``). With
-    ``strict=False`` the matching tensors are loaded and the rest listed in the report.
-    Raises :class:`CheckpointError` with the missing/unexpected/mis-shaped keys otherwise.
+    Tensors are copied to contiguous CPU memory (safetensors stores no shared or strided
+    views); ``metadata`` is a small ``str -> str`` mapping stored in the file's header, along
+    with the state dict's key order (safetensors itself stores tensors sorted, and loading with
+    ``remap="auto"`` matches tensors by position). Returns the path written.
     """
-    if remap not in REMAP_MODES:
-        raise ConfigError(f"unknown remap mode {remap!r}; choose one of {', '.join(REMAP_MODES)}")
+    from safetensors.torch import save
+
+    p = Path(path)
+    if p.suffix != SAFETENSORS_SUFFIX:
+        raise ConfigError(f"{p}: a safetensors weights file must end in {SAFETENSORS_SUFFIX}")
+    sd = weights.state_dict() if isinstance(weights, nn.Module) else weights
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    meta[_ORDER_KEY] = json.dumps(list(tensors))
+    atomic_write_bytes(p, save(tensors, metadata=meta))
+    return p
+
+
+def read_weights(path: str | os.PathLike[str]) -> Any:
+    """The object stored in a weights file: a state dict for ``.safetensors``, else whatever
+    ``torch.load(..., weights_only=True)`` returns. Unreadable files raise a one-line
+    :class:`CheckpointError`."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint file not found: {p}")
+    if p.suffix == SAFETENSORS_SUFFIX:
+        return _read_safetensors(p)
     try:
-        obj = safe_torch_load(p, map_location="cpu")
+        return safe_torch_load(p, map_location="cpu")
     except pickle.UnpicklingError as e:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
         if found:
@@ -254,8 +283,63 @@ def load_checkpoint(
             f"{p}: not a readable PyTorch checkpoint (corrupt, truncated or not a torch.save file)"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({first})") from None
+        msg = f"{p}: not a readable PyTorch checkpoint ({_first_line(e)})"
+        raise CheckpointError(msg) from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _read_safetensors(p: Path) -> dict[str, Tensor]:
+    from safetensors.torch import load
+
+    raw = p.read_bytes()
+    try:
+        sd = load(raw)
+        n = int.from_bytes(raw[:8], "little")
+        meta = json.loads(raw[8 : 8 + n]).get("__metadata__") or {}
+    except Exception as e:  # safetensors raises its own SafetensorError (or a ValueError)
+        raise CheckpointError(
+            f"{p}: not a readable safetensors file (corrupt or truncated: {_first_line(e)})"
+        ) from None
+    if not sd:
+        raise CheckpointError(f"{p}: the safetensors file holds no tensors")
+    try:
+        order = json.loads(meta.get(_ORDER_KEY, "[]"))
+    except ValueError:
+        order = []
+    if isinstance(order, list) and sorted(order) == sorted(sd):
+        sd = {k: sd[k] for k in order}  # the order the tensors had when saved
+    return sd
+
+
+def load_checkpoint(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    remap: str = "none",
+    strict: bool = True,
+    key: str | None = None,
+) -> LoadReport:
+    """Load the weights in ``path`` into ``model`` (in place) and report what was done.
+
+    ``path`` is a torch file (read with ``weights_only=True``) or a ``.safetensors`` file.
+
+    ``remap="auto"``: when names differ, load by position if every tensor lines up in order
+    and shape with the model's state dict (the mapping is in ``report.remapped``). With
+    ``strict=False`` the matching tensors are loaded and the rest listed in the report.
+    Raises :class:`CheckpointError` with the missing/unexpected/mis-shaped keys otherwise.
+    """
+    if remap not in REMAP_MODES:
+        raise ConfigError(f"unknown remap mode {remap!r}; choose one of {', '.join(REMAP_MODES)}")
+    p = Path(path)
+    obj = read_weights(p)
+    if key is not None and p.suffix == SAFETENSORS_SUFFIX:
+        raise CheckpointError(
+            f"{p}: a safetensors file holds one state dict; an entry ({key!r}) applies only to "
+            "torch checkpoints"
+        )
     sd, entry = extract_state_dict(obj, key)
     target = model.state_dict()
     sd, stripped = _strip_prefixes(sd, set(target))

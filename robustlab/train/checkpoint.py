@@ -1,5 +1,9 @@
 """Training checkpoints: RNG states, atomic save/load of ``last.pt``/``best.pt``, run models.
 
+The delivered weights are also exported as ``best.safetensors`` (and the EMA weights of the
+last step as ``ema.safetensors``): tensors only, loadable by ``robustlab.models.load_checkpoint``
+and ``robustlab eval --weights`` without unpickling anything.
+
 Everything stored is loadable with ``weights_only=True`` (tensors, dicts, lists, numbers,
 strings), so :func:`robustlab.io.safe_torch_load` reads it back; the Python and NumPy RNG
 states are converted to tensors and lists for that.
@@ -28,6 +32,7 @@ __all__ = [
     "read_run_config",
     "build_model",
     "load_run_model",
+    "export_weights",
     "CHECKPOINT_DIR",
 ]
 
@@ -70,6 +75,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write a checkpoint atomically (a crash leaves the previous file intact)."""
     atomic_torch_save(payload, path)
+
+
+def export_weights(run_dir: str | Path, name: str, model: nn.Module, **metadata: Any) -> Path:
+    """Write ``RUN/checkpoints/<name>.safetensors``: the model's weights alone (no optimizer
+    state, no code); ``metadata`` (e.g. epoch, step) is stored as strings in the header."""
+    from robustlab.models import save_weights
+
+    path = Path(run_dir) / CHECKPOINT_DIR / f"{name}.safetensors"
+    return save_weights(model, path, {k: str(v) for k, v in metadata.items()})
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from robustlab.train.callbacks import EpochContext, build_callbacks
 from robustlab.train.checkpoint import (
     CHECKPOINT_DIR,
     build_model,
+    export_weights,
     load_checkpoint,
     read_run_config,
     rng_state,
@@ -410,8 +411,12 @@ class Trainer:
             "checkpoints": {
                 "best": f"{CHECKPOINT_DIR}/best.pt",
                 "last": f"{CHECKPOINT_DIR}/last.pt",
+                "best_weights": f"{CHECKPOINT_DIR}/best.safetensors",
             },
         }
+        if self.ema is not None:
+            export_weights(self.run_dir, "ema", self.ema.module, step=self.step)
+            summary["checkpoints"]["ema_weights"] = f"{CHECKPOINT_DIR}/ema.safetensors"
         write_json(self.run_dir / SUMMARY, summary)
 
     # ------------------------------------------------------------------------------ logging
@@ -474,6 +479,7 @@ class Trainer:
                 "ema": self.ema is not None,
             },
         )
+        export_weights(self.run_dir, "best", delivered, epoch=self.epoch, step=self.step)
 
     def _restore(self, ck: dict[str, Any]) -> None:
         if int(ck.get("world_size", 1)) != self.dist.world_size:
