@@ -217,6 +217,8 @@ def test_short_run_writes_a_complete_run_dir(tmp_path: Path) -> None:
         "summary.json",
         "checkpoints/last.pt",
         "checkpoints/best.pt",
+        "checkpoints/best.safetensors",
+        "checkpoints/ema.safetensors",
     }
     recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in recs if r["kind"] == "step"]

@@ -55,6 +55,8 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
         "summary.json",
         "checkpoints/last.pt",
         "checkpoints/best.pt",
+        "checkpoints/best.safetensors",
+        "checkpoints/ema.safetensors",
     }
     s1 = json.loads((single / "summary.json").read_text())
     s2 = json.loads((ddp / "summary.json").read_text())
