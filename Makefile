@@ -9,7 +9,7 @@ PYTEST_ARGS ?= -m "not slow" --durations=15
 $(BIN)/robustlab: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install -q --disable-pip-version-check -e ".[test,dev,report,bench]"
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[test,dev,report,bench,docs]"
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps torchattacks==3.5.1
 	# the reference AutoAttack (commit a392200, MIT): a test/bench dependency, never imported by robustlab
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps $${ROBUSTLAB_SHARED:-../shared}/reference/autoattack-a392200.tar.gz

@@ -23,6 +23,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from robustlab.errors import ConfigError
+from robustlab.resources import resolve_recipe
 
 __all__ = [
     "AugmentConfig",
@@ -521,7 +522,7 @@ def load_config(
     """
     data: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
+        p = resolve_recipe(path)  # recipes/... also names the recipes shipped with robustlab
         if not p.is_file():
             raise ConfigError(f"recipe not found: {p}")
         try:
