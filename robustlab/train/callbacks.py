@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 # Modules that register callbacks when imported (imported only when a name is looked up).
-PLUGIN_MODULES = ["robustlab.analysis.callbacks"]
+PLUGIN_MODULES = ["robustlab.analysis.callbacks", "robustlab.analysis.snapshots"]
 
 
 @dataclass
