@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from robustlab.errors import RobustlabError
+from robustlab.modes import model_mode
 
 __all__ = [
     "resolve_device",
@@ -44,16 +45,9 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 def _as_float_batch(x: Tensor, device: torch.device) -> Tensor:
     """uint8 images -> float in [0, 1]; float images are checked to lie in [0, 1]."""
-    x = x.to(device, non_blocking=True)
-    if x.dtype == torch.uint8:
-        return x.float().div_(255.0)
-    if not x.is_floating_point():
-        raise RobustlabError(f"images must be uint8 or float in [0, 1], got dtype {x.dtype}")
-    if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0 or bool(x.isnan().any())):
-        raise RobustlabError(
-            "float images must lie in [0, 1] without NaN (normalization belongs inside the model)"
-        )
-    return x
+    from robustlab.data.convert import to_float
+
+    return to_float(x, device, check=True)
 
 
 @torch.no_grad()
@@ -79,16 +73,12 @@ def predict(
     else:
         dev = resolve_device(device)
     model.to(dev)
-    was_training = model.training
-    model.eval()
     out = torch.empty(x.shape[0], dtype=torch.long)
-    try:
+    with model_mode(model, "eval"):
         starts = range(0, x.shape[0], batch_size)
         for s in tqdm(starts, desc=desc, unit="batch", disable=not progress, leave=False):
             xb = _as_float_batch(x[s : s + batch_size], dev)
             out[s : s + xb.shape[0]] = model(xb).argmax(1).cpu()
-    finally:
-        model.train(was_training)
     return out
 
 
@@ -253,25 +243,64 @@ def robust_evaluate(
     )
 
 
+def sweep_values(eps: float | None, sweep: list[float] | None) -> list[float]:
+    """The eps values to evaluate: ``sweep`` (in order) with ``eps`` added at the end when it is
+    not among them; ``eps`` alone without a sweep."""
+    values = list(sweep or [])
+    if sweep is not None and not values:
+        raise RobustlabError("--eps-sweep needs at least one eps")
+    if eps is not None and eps not in values:
+        values.append(eps)
+    if not values:
+        raise RobustlabError("--attack needs --eps (or --eps-sweep)")
+    return values
+
+
 def eps_sweep(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
-    attack: str,
+    attack: str | dict[float, Any],
     eps_values: list[float],
     norm: str = "linf",
     batch_size: int | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
+    keep_adv_at: float | None = None,
+    name: str | None = None,
     **attack_kw: Any,
 ) -> list[RobustEvaluation]:
-    """Robust accuracy of ``attack`` (a registered name) at each eps in ``eps_values``."""
+    """Robust accuracy at each eps in ``eps_values``, in that order.
+
+    ``attack`` is a registered name (built at each eps with ``norm`` and ``attack_kw``) or a
+    mapping ``{eps: Attack}`` of attacks already built. ``keep_adv_at`` keeps the adversarial
+    images at that eps only. Progress names each eps on stderr when there are several.
+    """
+    import sys
+
     from robustlab.attacks import create_attack
 
     if not eps_values:
         raise RobustlabError("an eps sweep needs at least one eps")
+    label = name or (attack if isinstance(attack, str) else None)
     out = []
     for eps in eps_values:
-        atk = create_attack(attack, eps=eps, norm=norm, **attack_kw)
-        out.append(robust_evaluate(model, x, y, atk, batch_size, device, progress, name=attack))
+        if isinstance(attack, str):
+            atk = create_attack(attack, eps=eps, norm=norm, **attack_kw)
+        else:
+            atk = attack[eps]
+        if progress and len(eps_values) > 1:
+            print(f"eps {eps:.6g}:", file=sys.stderr)
+        keep = keep_adv_at is not None and eps == keep_adv_at
+        out.append(
+            robust_evaluate(model, x, y, atk, batch_size, device, progress, keep, name=label)
+        )
     return out
+
+
+def sweep_summary(results: list[RobustEvaluation]) -> list[dict[str, Any]]:
+    """One JSON row per eps: ``eps``, ``robust_accuracy``, ``per_attack``."""
+    return [
+        {"eps": r.eps, "robust_accuracy": r.robust_accuracy, "per_attack": r.per_attack}
+        for r in results
+    ]

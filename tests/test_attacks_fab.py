@@ -14,6 +14,7 @@ from scipy.optimize import linprog, minimize
 from torch import nn
 
 import robustlab.attacks.fab as fab_mod
+import robustlab.attacks.projection as projection_mod
 from robustlab.attacks import create_attack, make_threat
 from robustlab.attacks.base import AttackInputError
 from robustlab.attacks.fab import (
@@ -71,9 +72,9 @@ def _lp_projection(p: np.ndarray, w: np.ndarray, c: float, norm: str) -> float:
 @pytest.mark.parametrize("path", ["newton", "fallback", "sort-only"])
 def test_projection_matches_scipy_with_active_box(norm, path, monkeypatch) -> None:
     if path == "fallback":  # no Newton step: every row goes to the sorting fallback
-        monkeypatch.setattr(fab_mod, "_NEWTON_STEPS", 0)
+        monkeypatch.setattr(projection_mod, "_NEWTON_STEPS", 0)
     if path == "sort-only":  # the accelerator path
-        monkeypatch.setattr(fab_mod, "_sort_only", lambda device: True)
+        monkeypatch.setattr(projection_mod, "_sort_only", lambda device: True)
     g = torch.Generator().manual_seed(1)
     n, d = 6, 12
     p = torch.rand(n, d, generator=g, dtype=torch.float64)

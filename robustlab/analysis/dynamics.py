@@ -25,6 +25,7 @@ from robustlab.analysis._util import check_batch, eval_mode
 from robustlab.attacks.fab import hard_margin
 from robustlab.attacks.threat import ThreatModel
 from robustlab.errors import RobustlabError
+from robustlab.modes import model_mode
 
 __all__ = [
     "hard_margin",
@@ -107,13 +108,8 @@ def objective_velocity(
     def loss_fn(m: nn.Module) -> Tensor:
         return objective(m, x, y, index, state)[0]
 
-    modes = [(m, m.training) for m in model.modules()]
-    model.train(train_mode)
-    try:
+    with model_mode(model, "train" if train_mode else "eval", param_grads=True):
         return parameter_velocity(model, loss_fn)
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def _make_state(model: nn.Module, device: torch.device, seed: int, epoch: int = 0) -> Any:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from robustlab.attacks.threat import ThreatModel, make_threat
 from robustlab.errors import RobustlabError
+from robustlab.modes import model_mode
 
 __all__ = [
     "AttackInputError",
@@ -42,19 +43,10 @@ class AttackInputError(RobustlabError, ValueError):
 
 @contextmanager
 def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode with parameter gradients off; restore both on exit."""
-    modes = [(m, m.training) for m in model.modules()]
-    grads = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for p, _ in grads:
-        p.requires_grad_(False)
-    try:
+    """Put ``model`` in eval mode with parameter gradients off; restore both on exit
+    (:func:`robustlab.modes.model_mode`)."""
+    with model_mode(model, "eval"):
         yield model
-    finally:
-        for m, training in modes:
-            m.training = training
-        for p, req in grads:
-            p.requires_grad_(req)
 
 
 def check_inputs(x: Tensor, y: Tensor | None = None) -> None:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from robustlab.errors import RobustlabError
+from robustlab.values import parse_number
 
 __all__ = ["ThreatModel", "Linf", "L2", "L1", "make_threat", "parse_eps", "per_sample"]
 
@@ -200,18 +201,10 @@ def make_threat(norm: str, eps: float | str | Tensor) -> ThreatModel:
 
 def parse_eps(text: str | float) -> float:
     """Parse an eps such as ``8/255``, ``0.3`` or ``0.5``; must be positive."""
-    if isinstance(text, (int, float)):
-        value = float(text)
-    else:
-        s = text.strip()
-        try:
-            if "/" in s:
-                num, den = s.split("/", 1)
-                value = float(num) / float(den)
-            else:
-                value = float(s)
-        except (ValueError, ZeroDivisionError):
-            raise RobustlabError(f"cannot read eps {text!r}; write e.g. 8/255 or 0.3") from None
+    try:
+        value = parse_number(text)
+    except ValueError:
+        raise RobustlabError(f"cannot read eps {text!r}; write e.g. 8/255 or 0.3") from None
     if not (math.isfinite(value) and value > 0):
         raise RobustlabError(f"eps must be positive, got {text!r}")
     return value

@@ -81,8 +81,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--norm",
         default=None,
         metavar="NORM",
-        help="threat-model norm for --attack: linf (default), l2, l1 (bn/gn/none are "
-        "still accepted as --norm-layer, the old meaning)",
+        help="threat-model norm for --attack: linf (default), l2, l1 (normalization layers: "
+        "--norm-layer)",
     )
     p.add_argument(
         "--norm-layer",
@@ -99,7 +99,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="extra architecture option, e.g. depth=34 (repeatable)",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    g = p.add_argument_group("attack")
+    _add_attack_options(p.add_argument_group("attack"))
+    p.add_argument("--out", default=None, help="also write the JSON summary to this file")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _add_attack_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--attack",
         default=None,
@@ -159,10 +166,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="output folder (default RUN/eval with --run, else runs/eval-<time>)",
     )
-    p.add_argument("--out", default=None, help="also write the JSON summary to this file")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
 
 
 def _attack_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -226,10 +229,6 @@ def _make_attack(name: str, eps: float, norm: str, seed: int, kw: dict[str, Any]
 def _load(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]]:
     """The model, the dataset name and a description of where the weights came from."""
     norm_layer = args.norm_layer
-    if args.norm is not None and args.norm.lower() in _LAYER_NORMS:
-        if norm_layer is not None and norm_layer != args.norm.lower():
-            raise RobustlabError("--norm bn/gn/none conflicts with --norm-layer")
-        norm_layer = args.norm.lower()  # the old meaning of --norm
     if args.run is not None:
         if args.model or args.weights:
             raise RobustlabError("--run takes the model from the run; drop --model/--weights")
@@ -266,34 +265,34 @@ def _load(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]]:
 def run(args: argparse.Namespace) -> int:
     """Run ``robustlab eval``; returns the exit status."""
     from robustlab.attacks import parse_eps
+    from robustlab.cli.eval_output import print_text, sanity_checks, save_adv, write_records
     from robustlab.data import load_split
-    from robustlab.evaluate import default_batch_size, resolve_device
+    from robustlab.evaluate import (
+        default_batch_size,
+        eps_sweep,
+        resolve_device,
+        sweep_summary,
+        sweep_values,
+    )
     from robustlab.io import write_json
+    from robustlab.train.rundir import EvalDir
 
     if args.batch_size is not None and args.batch_size < 1:
         raise RobustlabError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.n is not None and args.n < 1:
         raise RobustlabError(f"--n must be >= 1, got {args.n}")
-    threat_norm = "linf"
-    if args.norm is not None and args.norm.lower() not in _LAYER_NORMS:
-        threat_norm = args.norm.lower()
-        if threat_norm not in _THREAT_NORMS:
-            raise RobustlabError(f"unknown norm {args.norm!r}; choose one of {_THREAT_NORMS}")
+    threat_norm = _threat_norm(args.norm)
     attacking = args.attack is not None
     eps_list: list[float] = []
     if attacking:
+        main_eps = parse_eps(args.eps) if args.eps is not None else None
+        sweep = None
         if args.eps_sweep is not None:
-            eps_list = [parse_eps(e) for e in args.eps_sweep.split(",") if e.strip()]
-            if not eps_list:
-                raise RobustlabError("--eps-sweep needs at least one eps")
-        if args.eps is not None:
-            eps = parse_eps(args.eps)
-            if eps not in eps_list:
-                eps_list = [eps, *eps_list] if not eps_list else eps_list + [eps]
-        if not eps_list:
-            raise RobustlabError("--attack needs --eps (or --eps-sweep)")
+            sweep = [parse_eps(e) for e in args.eps_sweep.split(",") if e.strip()]
+        eps_list = sweep_values(main_eps, sweep)
         kw = _attack_kwargs(args)
         attacks = [_make_attack(args.attack, e, threat_norm, args.seed, kw) for e in eps_list]
+        main_eps = eps_list[-1] if main_eps is None else main_eps
     else:
         given = [o for o in ("eps", "eps_sweep", "save_adv", "sanity") if getattr(args, o)]
         if given or _attack_kwargs(args):
@@ -311,35 +310,28 @@ def run(args: argparse.Namespace) -> int:
     if not attacking:
         return _clean_only(args, model, dataset, source, x, y, bs, device)
 
-    from robustlab.evaluate import robust_evaluate
-
     run_dir = _run_dir(args)
+    out = EvalDir(run_dir)
     model.to(device)
-    results = []
-    for eps, attack in zip(eps_list, attacks, strict=True):
-        if not args.quiet and len(eps_list) > 1:
-            print(f"eps {eps:.6g}:", file=sys.stderr)
-        keep = args.save_adv is not None and eps == eps_list[-1]
-        results.append(
-            robust_evaluate(
-                model,
-                x,
-                y,
-                attack,
-                bs,
-                device,
-                progress=not args.quiet,
-                keep_adv=keep,
-                name=args.attack.lower(),
-            )
-        )
-    main = results[-1] if args.eps is None else results[eps_list.index(parse_eps(args.eps))]
+    results = eps_sweep(
+        model,
+        x,
+        y,
+        dict(zip(eps_list, attacks, strict=True)),
+        eps_list,
+        batch_size=bs,
+        device=device,
+        progress=not args.quiet,
+        keep_adv_at=main_eps if args.save_adv is not None else None,
+        name=args.attack.lower(),
+    )
+    main = results[eps_list.index(main_eps)]
     sanity = (
         args.sanity if args.sanity is not None else args.attack.lower().startswith("autoattack")
     )
     checks: list[dict[str, Any]] = []
     if sanity:
-        checks = _sanity(args, model, x, y, main, results, eps_list, threat_norm, device)
+        checks = sanity_checks(model, x, y, main, results, threat_norm, device, args.seed)
     summary = {
         **main.summary(),
         "model": args.model,
@@ -352,24 +344,21 @@ def run(args: argparse.Namespace) -> int:
         "run_dir": str(run_dir),
     }
     if len(eps_list) > 1:
-        summary["eps_sweep"] = [
-            {"eps": r.eps, "robust_accuracy": r.robust_accuracy, "per_attack": r.per_attack}
-            for r in results
-        ]
+        summary["eps_sweep"] = sweep_summary(results)
     if sanity:
         summary["sanity_checks"] = checks
         summary["warnings"] = [c["name"] for c in checks if not c["passed"]]
-    write_json(run_dir / "summary.json", summary)
-    _write_records(run_dir / "samples.jsonl", main.records)
+    write_json(out.summary, summary)
+    write_records(out.samples, main.records)
     if args.save_adv:
-        _save_adv(args.save_adv, main, y)
+        save_adv(args.save_adv, main, y)
         summary["save_adv"] = str(args.save_adv)
     if args.out:
         write_json(args.out, summary)
     if args.json:
         print(json.dumps(summary, default=str))
     else:
-        _print_text(summary, results, eps_list, checks)
+        print_text(summary, results, checks)
     return 0
 
 
@@ -406,11 +395,28 @@ def _clean_only(args, model, dataset, source, x, y, bs, device) -> int:  # noqa:
     return 0
 
 
+def _threat_norm(norm: str | None) -> str:
+    """``--norm`` is the threat model's norm; its old meaning (layers) points to --norm-layer."""
+    if norm is None:
+        return "linf"
+    key = norm.lower()
+    if key in _LAYER_NORMS:
+        raise RobustlabError(
+            f"--norm {norm} is not a threat-model norm; --norm chooses linf, l2 or l1 for "
+            f"--attack. For the architecture's normalization layers write --norm-layer {key}"
+        )
+    if key not in _THREAT_NORMS:
+        raise RobustlabError(f"unknown norm {norm!r}; choose one of {_THREAT_NORMS}")
+    return key
+
+
 def _run_dir(args: argparse.Namespace) -> Path:
     if args.run_dir:
         return Path(args.run_dir)
     if args.run:
-        return Path(args.run) / "eval"
+        from robustlab.train.rundir import RunDir
+
+        return RunDir(args.run).eval.root
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path("runs") / f"eval-{stamp}"
     out, i = base, 1
@@ -418,82 +424,3 @@ def _run_dir(args: argparse.Namespace) -> Path:
         out = Path(f"{base}-{i}")
         i += 1
     return out
-
-
-def _sanity(args, model, x, y, main, results, eps_list, norm, device) -> list[dict[str, Any]]:  # noqa: ANN001
-    import torch
-
-    from robustlab.attacks import attack_mode
-    from robustlab.attacks.checks import run_sanity_checks
-
-    eps = main.eps
-    xs = x[:64].to(device)
-    xs = xs.float() / 255.0 if xs.dtype == torch.uint8 else xs.float()
-    sweep = None
-    if len(results) > 1:
-        sweep = ([r.eps for r in results], [r.robust_accuracy for r in results])
-    with attack_mode(model):
-        checks = run_sanity_checks(
-            model,
-            xs,
-            y[:64].to(device),
-            eps,
-            norm,
-            per_attack=main.per_attack,
-            n_total=main.n,
-            sweep=sweep,
-            seed=args.seed,
-        )
-    return [c.as_dict() for c in checks]
-
-
-def _write_records(path: Path, records: list[dict[str, Any]]) -> None:
-    from robustlab.io import atomic_write_text
-
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
-
-
-def _save_adv(path: str, res: Any, y: Any) -> None:
-    import torch
-
-    from robustlab.io import atomic_torch_save
-
-    atomic_torch_save(
-        {
-            "x_adv": res.x_adv,
-            "labels": y.long().cpu(),
-            "robust_correct": torch.tensor([r["robust_correct"] for r in res.records]),
-            "attack": res.attack,
-            "eps": res.eps,
-            "norm": res.norm,
-        },
-        path,
-    )
-
-
-def _print_text(summary: dict[str, Any], results, eps_list, checks) -> None:  # noqa: ANN001
-    n = summary["n"]
-    print(
-        f"{summary['attack']} ({summary['norm']}, eps {summary['eps']:.6g}) on "
-        f"{summary['dataset']} test, {n} images [{summary['seconds']:.1f}s on {summary['device']}]"
-    )
-    for what in ("clean", "robust"):
-        acc, correct = summary[f"{what}_accuracy"], summary[f"{what}_correct"]
-        print(f"  {what} accuracy{' ' * (7 - len(what))}{100 * acc:6.2f}%  ({correct}/{n})")
-    for p in summary["per_attack"]:
-        print(
-            f"    after {p['attack']:<12} {100 * p['robust_accuracy_after']:6.2f}%  "
-            f"(broke {p['broken']} of {p['attacked']}, {p['seconds']:.1f}s)"
-        )
-    if summary.get("skipped_attacks"):
-        print(f"  skipped (not available): {summary['skipped_attacks']}")
-    if len(eps_list) > 1:
-        print("  eps sweep:")
-        for r in results:
-            print(f"    eps {r.eps:<10.6g} robust accuracy {100 * r.robust_accuracy:6.2f}%")
-    for c in checks:
-        if not c["passed"]:
-            print(f"  WARNING [{c['name']}] {c['message']}")
-    if checks and all(c["passed"] for c in checks):
-        print(f"  sanity checks: all {len(checks)} passed")
-    print(f"  written to {summary['run_dir']}")

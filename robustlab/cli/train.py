@@ -88,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
     if recipe_path is None and args.resume:
         if run_dir is None:
             raise ConfigError("--resume needs --run-dir DIR (or a recipe naming the run)")
-        recipe_path = Path(run_dir) / "config.yaml"
+        from robustlab.train.rundir import RunDir
+
+        recipe_path = RunDir(run_dir).config
         if not recipe_path.is_file():
             raise ConfigError(f"{run_dir} is not a run directory (no config.yaml to resume)")
     cfg = load_config(recipe_path, overrides)

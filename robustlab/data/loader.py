@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from robustlab.data.convert import to_float
 from robustlab.data.info import DatasetInfo, Split
 from robustlab.errors import DataError
 
@@ -196,5 +197,5 @@ class DeviceLoader:
         for start in range(0, stop, self.batch_size):
             idx = order[start : min(start + self.batch_size, stop)]
             x = self._augment(idx, gen) if gen is not None else self.images[idx]
-            x = torch.div(x, 255.0)  # uint8 -> float32 in one pass
+            x = to_float(x)  # uint8 -> float32 in one pass
             yield x if self.dtype == torch.float32 else x.to(self.dtype), self.labels[idx], idx

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from robustlab.attacks.threat import parse_eps
 from robustlab.errors import ConfigError, RobustlabError
+from robustlab.modes import model_mode
 
 __all__ = [
     "Objective",
@@ -241,19 +242,12 @@ def inner_max(model: nn.Module, mode: str = "eval") -> Iterator[nn.Module]:
     turned off either way (no parameter graph is built, no ``.grad`` written); modes and
     flags are restored on exit.
     """
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
     if mode == "eval":
-        model.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training
-        for p, req in flags:
-            p.requires_grad_(req)
+        with model_mode(model, "eval"):
+            yield model
+    else:  # the attack sees the model as training does: its BatchNorm statistics update
+        with model_mode(model, "keep", bn_stats="update"):
+            yield model
 
 
 @contextmanager
@@ -263,13 +257,8 @@ def eval_statistics(model: nn.Module) -> Iterator[nn.Module]:
     For extra forward passes whose loss is differentiated w.r.t. the parameters but must not
     use or update batch statistics (DyART's margin term at boundary points).
     """
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    with model_mode(model, "eval", param_grads=True):
         yield model
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def smoothed_ce(logits: Tensor, y: Tensor, alpha: float = 0.0) -> Tensor:

@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robustlab.data.convert import to_float
 from robustlab.errors import ConfigError, RobustlabError
+from robustlab.modes import model_mode
 from robustlab.objectives.base import (
     Logs,
     Objective,
@@ -64,16 +66,10 @@ def teacher_logits(
     teacher: nn.Module, images: Tensor, device: torch.device | str, batch_size: int = 512
 ) -> Tensor:
     """Logits of ``teacher`` (eval mode) on ``images`` (uint8 or float in [0, 1]), batched."""
-    was_training = teacher.training
-    teacher.eval()
     out = []
-    try:
+    with model_mode(teacher, "eval"):
         for i in range(0, images.shape[0], batch_size):
-            xb = images[i : i + batch_size].to(device)
-            xb = xb.float().div_(255.0) if not xb.is_floating_point() else xb.float()
-            out.append(teacher(xb).float())
-    finally:
-        teacher.train(was_training)
+            out.append(teacher(to_float(images[i : i + batch_size], device)).float())
     return torch.cat(out) if out else torch.zeros(0, 0, device=device)
 
 

@@ -23,6 +23,7 @@ from torch import nn
 from robustlab.config import Config, config_from_dict
 from robustlab.errors import CheckpointError, RobustlabError
 from robustlab.io import atomic_torch_save, safe_torch_load
+from robustlab.train.rundir import CHECKPOINTS, RunDir
 
 __all__ = [
     "rng_state",
@@ -33,10 +34,11 @@ __all__ = [
     "build_model",
     "load_run_model",
     "export_weights",
+    "load_initial_weights",
     "CHECKPOINT_DIR",
 ]
 
-CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_DIR = CHECKPOINTS
 
 
 def rng_state() -> dict[str, Any]:
@@ -82,7 +84,7 @@ def export_weights(run_dir: str | Path, name: str, model: nn.Module, **metadata:
     state, no code); ``metadata`` (e.g. epoch, step) is stored as strings in the header."""
     from robustlab.models import save_weights
 
-    path = Path(run_dir) / CHECKPOINT_DIR / f"{name}.safetensors"
+    path = RunDir(run_dir).weights(name)
     return save_weights(model, path, {k: str(v) for k, v in metadata.items()})
 
 
@@ -99,7 +101,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def read_run_config(run_dir: str | Path) -> Config:
     """The resolved configuration stored in ``RUN/config.yaml``."""
-    path = Path(run_dir) / "config.yaml"
+    path = RunDir(run_dir).config
     if not path.is_file():
         raise RobustlabError(f"{run_dir} is not a run directory (no config.yaml)")
     return config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")))
@@ -128,14 +130,13 @@ def load_run_model(
     """
     if which not in ("best", "last", "ema"):
         raise RobustlabError(f"which={which!r}: choose one of best, last, ema")
-    run = Path(run_dir)
-    cfg = read_run_config(run)
+    run = RunDir(run_dir)
+    cfg = read_run_config(run.root)
     model = build_model(cfg)
-    ckdir = run / CHECKPOINT_DIR
     if which == "best":
-        state = load_checkpoint(ckdir / "best.pt")["model"]
+        state = load_checkpoint(run.checkpoint("best"))["model"]
     else:
-        ck = load_checkpoint(ckdir / "last.pt")
+        ck = load_checkpoint(run.checkpoint("last"))
         if which == "ema":
             if ck.get("ema") is None:
                 raise RobustlabError(f"run {run} was trained without EMA (train.ema_decay=0)")
@@ -147,3 +148,24 @@ def load_run_model(
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint of {run} does not fit its model: {e}") from None
     return model.to(map_location).eval(), cfg
+
+
+def load_initial_weights(model: nn.Module, source: str | Path, remap: str = "none") -> None:
+    """``model.weights``: a checkpoint file, or a run directory (its best model)."""
+    from robustlab.errors import ConfigError
+    from robustlab.models import load_checkpoint as load_weights
+
+    path = Path(source)
+    if path.is_dir():
+        path = RunDir(path).checkpoint("best")
+        if not path.is_file():
+            raise ConfigError(f"model.weights: {source} is not a complete run (no best.pt)")
+        state = load_checkpoint(path)["model"]
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise ConfigError(f"model.weights: {source} does not fit model: {e}") from None
+        return
+    if not path.is_file():
+        raise ConfigError(f"model.weights: checkpoint not found: {source}")
+    load_weights(model, path, remap=remap)

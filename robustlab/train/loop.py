@@ -13,10 +13,8 @@ every RNG, the position in the epoch).
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,18 +24,16 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from robustlab.attacks.base import attack_mode, make_generator
-from robustlab.attacks.core import get_loss, perturb_iterative
-from robustlab.attacks.threat import make_threat
-from robustlab.config import Config, ValidationConfig, check_objective, config_from_dict
+from robustlab.attacks.base import make_generator
+from robustlab.config import Config, check_objective, check_same_config, config_from_dict
 from robustlab.errors import ConfigError, RobustlabError
 from robustlab.io import append_jsonl, atomic_write_text, write_json
 from robustlab.train.callbacks import EpochContext, build_callbacks
 from robustlab.train.checkpoint import (
-    CHECKPOINT_DIR,
     build_model,
     export_weights,
     load_checkpoint,
+    load_initial_weights,
     read_run_config,
     rng_state,
     save_checkpoint,
@@ -45,28 +41,30 @@ from robustlab.train.checkpoint import (
 )
 from robustlab.train.distributed import (
     DistInfo,
-    all_reduce_sum,
     barrier,
     cleanup_distributed,
     setup_distributed,
 )
 from robustlab.train.ema import ModelEMA
+from robustlab.train.metrics import (
+    accumulate,
+    check_finite,
+    gather_objects,
+    merge,
+    reduce_means,
+    tensorboard_writer,
+)
 from robustlab.train.optim import build_optimizer, build_scheduler
 from robustlab.train.rundir import (
-    CONFIG,
-    METRICS,
-    SUMMARY,
+    RunDir,
     default_run_dir,
-    is_complete,
     prepare_run_dir,
     remove_if_unused,
     truncate_metrics,
 )
+from robustlab.train.validation import validate
 
 __all__ = ["train", "validate", "Trainer"]
-
-# Keys that may differ between a stored run configuration and the one given with --resume.
-_RESUMABLE_DIFFS = {"train.progress", "train.device", "train.log_every", "train.tensorboard"}
 
 
 def train(
@@ -117,7 +115,7 @@ class Trainer:
     ) -> None:
         self.cfg, self.objective, self.callbacks, self.dist = cfg, objective, callbacks, dist
         self.resume = resume
-        self.run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg.name)
+        self.rundir = RunDir(run_dir if run_dir is not None else default_run_dir(cfg.name))
         self.device = dist.device
         self.main = dist.is_main
         self.tb: Any = None
@@ -126,10 +124,11 @@ class Trainer:
     def _prepare(self) -> None:
         cfg, dist = self.cfg, self.dist
         _check_setup(cfg, dist)
-        ckpt_path = self.run_dir / CHECKPOINT_DIR / "last.pt"
+        ckpt_path = self.rundir.checkpoint("last")
         self.created = False
         if self.main:
-            self.run_dir, self.created = prepare_run_dir(self.run_dir, self.resume)
+            root, self.created = prepare_run_dir(self.rundir.root, self.resume)
+            self.rundir = RunDir(root)
         barrier()
         self.ckpt = load_checkpoint(ckpt_path) if self.resume and ckpt_path.is_file() else None
 
@@ -141,7 +140,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         model = build_model(cfg)
         if cfg.model.weights and self.ckpt is None:
-            _load_initial_weights(model, cfg.model.weights, cfg.model.remap)
+            load_initial_weights(model, cfg.model.weights, cfg.model.remap)
         model = model.to(self.device)
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -202,17 +201,17 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ run
     def run(self) -> Path:
-        if self.resume and (self.run_dir / CONFIG).is_file():
-            _check_same_config(read_run_config(self.run_dir), self.cfg, self.run_dir)
-        if self.resume and is_complete(self.run_dir):
+        if self.resume and self.rundir.config.is_file():
+            check_same_config(read_run_config(self.rundir.root), self.cfg, self.rundir.root)
+        if self.resume and self.rundir.is_complete():
             if self.main:
-                print(f"robustlab: run {self.run_dir} is already complete")
-            return self.run_dir
+                print(f"robustlab: run {self.rundir} is already complete")
+            return self.rundir.root
         try:
             self._prepare()
         except BaseException:
             if self.main and getattr(self, "created", False):
-                remove_if_unused(self.run_dir, True)
+                remove_if_unused(self.rundir.root, True)
             raise
         cfg = self.cfg
         self.epoch, self.batch, self.step = 0, 0, 0
@@ -221,13 +220,13 @@ class Trainer:
         if self.ckpt is not None:
             self._restore(self.ckpt)
             if self.main:
-                truncate_metrics(self.run_dir, self.step)
+                truncate_metrics(self.rundir, self.step)
         elif self.main:
-            atomic_write_text(self.run_dir / CONFIG, cfg.to_yaml())
-            (self.run_dir / METRICS).unlink(missing_ok=True)
+            atomic_write_text(self.rundir.config, cfg.to_yaml())
+            self.rundir.metrics.unlink(missing_ok=True)
         self.ckpt = None
         if self.main and cfg.train.tensorboard:
-            self.tb = _tensorboard_writer(self.run_dir / "tensorboard")
+            self.tb = tensorboard_writer(self.rundir.tensorboard)
         barrier()
         t_start = time.perf_counter()
         images = 0
@@ -246,7 +245,7 @@ class Trainer:
         barrier()
         if self.tb is not None:
             self.tb.close()
-        return self.run_dir
+        return self.rundir.root
 
     # ------------------------------------------------------------------------------ epochs
     def _batches(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
@@ -315,29 +314,29 @@ class Trainer:
                 self.ema.update(model)
             self.step += 1
             self.batch += 1
-            _accumulate(window, loss, logs)
+            accumulate(window, loss, logs)
             bar.update(1)
             if log_every and self.step % log_every == 0:
-                rec = self._reduce(window)
-                _merge(self.sums, window)
+                rec = reduce_means(window)
+                merge(self.sums, window)
                 window = {}
-                _check_finite(rec, self.step)
+                check_finite(rec, self.step)
                 rec = {"kind": "step", "epoch": self.epoch, "step": self.step, **rec}
                 rec["lr"] = sched.get_last_lr()[0]
                 self._log(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.4g}", refresh=False)
             if ck_every and self.step % ck_every == 0 and self.batch < self.steps_per_epoch:
-                _merge(self.sums, window)
+                merge(self.sums, window)
                 window = {}
                 self._save_last()
-        _merge(self.sums, window)
+        merge(self.sums, window)
         bar.close()
 
     def _end_epoch(self, seconds: float, images: int) -> dict[str, Any]:
         cfg = self.cfg
         rec: dict[str, Any] = {"kind": "epoch", "epoch": self.epoch, "step": self.step}
-        train_stats = self._reduce(self.sums)
-        _check_finite(train_stats, self.step)
+        train_stats = reduce_means(self.sums)
+        check_finite(train_stats, self.step)
         rec.update({f"train_{k}": v for k, v in train_stats.items()})
         rec["lr"] = self.scheduler.get_last_lr()[0]
         rec["time_s"] = seconds
@@ -373,7 +372,7 @@ class Trainer:
                 data=self.data,
                 epoch=self.epoch,
                 step=self.step,
-                run_dir=self.run_dir,
+                run_dir=self.rundir.root,
                 config=cfg,
                 device=self.device,
                 rank=self.dist.rank,
@@ -391,7 +390,7 @@ class Trainer:
         return rec
 
     def _finish(self, last: dict[str, Any], seconds: float, images: int) -> None:
-        cfg = self.cfg
+        cfg, rd = self.cfg, self.rundir
         summary = {
             "name": cfg.name,
             "complete": True,
@@ -409,31 +408,21 @@ class Trainer:
             "final": {k: v for k, v in last.items() if k != "kind"},
             "best": self.best,
             "checkpoints": {
-                "best": f"{CHECKPOINT_DIR}/best.pt",
-                "last": f"{CHECKPOINT_DIR}/last.pt",
-                "best_weights": f"{CHECKPOINT_DIR}/best.safetensors",
+                "best": rd.relative(rd.checkpoint("best")),
+                "last": rd.relative(rd.checkpoint("last")),
+                "best_weights": rd.relative(rd.weights("best")),
             },
         }
         if self.ema is not None:
-            export_weights(self.run_dir, "ema", self.ema.module, step=self.step)
-            summary["checkpoints"]["ema_weights"] = f"{CHECKPOINT_DIR}/ema.safetensors"
-        write_json(self.run_dir / SUMMARY, summary)
+            export_weights(rd.root, "ema", self.ema.module, step=self.step)
+            summary["checkpoints"]["ema_weights"] = rd.relative(rd.weights("ema"))
+        write_json(self.rundir.summary, summary)
 
     # ------------------------------------------------------------------------------ logging
-    def _reduce(self, sums: dict[str, Tensor]) -> dict[str, float]:
-        """Means over steps (and ranks) of accumulated values: one device sync."""
-        if not sums:
-            return {}
-        keys = sorted(sums)
-        flat = torch.stack([sums[k].to(torch.float64).reshape(2) for k in keys])
-        all_reduce_sum(flat)
-        vals = flat.tolist()
-        return {k: (s / n if n else float("nan")) for k, (s, n) in zip(keys, vals, strict=True)}
-
     def _log(self, rec: dict[str, Any]) -> None:
         if not self.main:
             return
-        append_jsonl(self.run_dir / METRICS, rec)
+        append_jsonl(self.rundir.metrics, rec)
         if self.tb is not None:
             prefix = "step" if rec["kind"] == "step" else "epoch"
             for k, v in rec.items():
@@ -443,7 +432,7 @@ class Trainer:
     # ------------------------------------------------------------------------------ checkpoints
     def _payload(self) -> dict[str, Any]:
         rank_state = {"rng": rng_state(), "generator": self.generator.get_state()}
-        ranks = _gather_objects(rank_state)
+        ranks = gather_objects(rank_state)
         obj_state = self.objective.state_dict() if hasattr(self.objective, "state_dict") else None
         return {
             "format": 1,
@@ -465,12 +454,12 @@ class Trainer:
     def _save_last(self) -> None:
         payload = self._payload()  # a collective under DDP: every rank builds it
         if self.main:
-            save_checkpoint(self.run_dir / CHECKPOINT_DIR / "last.pt", payload)
+            save_checkpoint(self.rundir.checkpoint("last"), payload)
         barrier()
 
     def _save_best(self, delivered: nn.Module) -> None:
         save_checkpoint(
-            self.run_dir / CHECKPOINT_DIR / "best.pt",
+            self.rundir.checkpoint("best"),
             {
                 "model": delivered.state_dict(),
                 "epoch": self.epoch,
@@ -479,12 +468,12 @@ class Trainer:
                 "ema": self.ema is not None,
             },
         )
-        export_weights(self.run_dir, "best", delivered, epoch=self.epoch, step=self.step)
+        export_weights(self.rundir.root, "best", delivered, epoch=self.epoch, step=self.step)
 
     def _restore(self, ck: dict[str, Any]) -> None:
         if int(ck.get("world_size", 1)) != self.dist.world_size:
             raise RobustlabError(
-                f"{self.run_dir} was trained with {ck.get('world_size')} processes; resume it "
+                f"{self.rundir} was trained with {ck.get('world_size')} processes; resume it "
                 f"with the same number (got {self.dist.world_size})"
             )
         self.model.load_state_dict(ck["model"])
@@ -502,143 +491,3 @@ class Trainer:
         self.epoch, self.batch, self.step = int(ck["epoch"]), int(ck["batch"]), int(ck["step"])
         self.sums = {k: v.to(self.device) for k, v in ck.get("sums", {}).items()}
         self.best = ck.get("best")
-
-
-# ---------------------------------------------------------------------------------- helpers
-
-
-def _accumulate(window: dict[str, Tensor], loss: Tensor, logs: dict[str, Any]) -> None:
-    """Add this step's values to running (sum, count) pairs without a device sync."""
-    items = [("loss", loss.detach())] + list(logs.items())
-    for k, v in items:
-        v = v.detach().float().reshape(()) if isinstance(v, Tensor) else torch.tensor(float(v))
-        pair = torch.stack([v.to(loss.device), torch.ones((), device=loss.device)])
-        if k in window:
-            window[k] += pair
-        else:
-            window[k] = pair
-
-
-def _merge(into: dict[str, Tensor], window: dict[str, Tensor]) -> None:
-    for k, v in window.items():
-        into[k] = into[k] + v if k in into else v.clone()
-
-
-def _check_finite(rec: dict[str, float], step: int) -> None:
-    loss = rec.get("loss")
-    if loss is not None and not math.isfinite(loss):
-        raise RobustlabError(
-            f"training diverged: the loss is {loss} at step {step}; lower optim.lr, set "
-            "optim.clip_grad_norm or check the objective's hyperparameters"
-        )
-
-
-def _gather_objects(obj: Any) -> list[Any]:
-    import torch.distributed as tdist
-
-    if tdist.is_initialized() and tdist.get_world_size() > 1:
-        out: list[Any] = [None] * tdist.get_world_size()
-        tdist.all_gather_object(out, obj)
-        return out
-    return [obj]
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and k not in ("kwargs",):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def _load_initial_weights(model: nn.Module, source: str, remap: str) -> None:
-    """``model.weights``: a checkpoint file, or a run directory (its best model)."""
-    from robustlab.models import load_checkpoint as load_weights
-
-    path = Path(source)
-    if path.is_dir():
-        path = path / CHECKPOINT_DIR / "best.pt"
-        if not path.is_file():
-            raise ConfigError(f"model.weights: {source} is not a complete run (no best.pt)")
-        state = load_checkpoint(path)["model"]
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise ConfigError(f"model.weights: {source} does not fit model: {e}") from None
-        return
-    if not path.is_file():
-        raise ConfigError(f"model.weights: checkpoint not found: {source}")
-    load_weights(model, path, remap=remap)
-
-
-def _check_same_config(stored: Config, given: Config, run_dir: Path) -> None:
-    a, b = _flatten(stored.to_dict()), _flatten(given.to_dict())
-    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in _RESUMABLE_DIFFS)
-    if diff:
-        shown = ", ".join(f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in diff[:5])
-        raise ConfigError(
-            f"cannot resume {run_dir}: the configuration differs from the stored one in {shown}"
-        )
-
-
-def _tensorboard_writer(path: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # tensorboard not installed
-        return None
-    try:
-        return SummaryWriter(str(path))
-    except Exception as e:  # pragma: no cover - e.g. a broken tensorboard install
-        warnings.warn(f"TensorBoard disabled: {e}", stacklevel=2)
-        return None
-
-
-def validate(
-    model: nn.Module,
-    split: Any,
-    cfg: ValidationConfig,
-    batch_size: int,
-    device: torch.device,
-    seed: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-    channels_last: bool = False,
-) -> dict[str, float]:
-    """Clean and PGD accuracy of ``model`` on the first ``cfg.n`` images of ``split``.
-
-    A sample counts as robust when both its clean and its adversarial prediction are right.
-    Under DDP every rank takes every ``world_size``-th image and the counts are summed.
-    """
-    n = len(split) if cfg.n is None else min(cfg.n, len(split))
-    idx = torch.arange(rank, n, world_size)
-    counts = torch.zeros(3, dtype=torch.float64, device=device)
-    atk = cfg.attack
-    threat = make_threat(atk.norm, atk.eps) if atk is not None else None
-    gen = make_generator(seed, device)
-    with attack_mode(model):
-        for chunk in idx.split(batch_size):
-            x = split.images[chunk].to(device).float().div_(255.0)
-            y = split.labels[chunk].to(device)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.no_grad():
-                ok = model(x).argmax(1) == y
-            counts[0] += ok.sum()
-            counts[2] += y.numel()
-            if atk is not None and threat is not None:
-                step_size = atk.step_size or 2.5 * atk.eps / atk.steps
-                x_adv = perturb_iterative(
-                    model, x, y, threat, atk.steps, step_size, get_loss(atk.loss), True, gen
-                )
-                with torch.no_grad():
-                    ok &= model(x_adv).argmax(1) == y
-                counts[1] += ok.sum()
-    all_reduce_sum(counts)
-    clean, robust, total = counts.tolist()
-    out = {"val_clean_acc": clean / max(total, 1), "val_n": int(total)}
-    if atk is not None:
-        out["val_robust_acc"] = robust / max(total, 1)
-    return out

@@ -1,0 +1,435 @@
+"""The FAB boundary solver: the closest point where a scalar function of the logits crosses zero.
+
+One job: find, per sample, the closest point (in a threat model's norm, inside the [0, 1] box)
+where a scalar function of the logits crosses zero. This is the Fast Adaptive Boundary method of
+Croce & Hein ("Minimally distorted adversarial examples with a fast adaptive boundary attack",
+ICML 2020), generalised from "the decision boundary" to the zero level set of any per-sample
+``phi(logits, y) -> (N,)`` that is positive on the clean side:
+
+* ``phi=None``: the untargeted multi-class case. ``phi_l = z_y - z_l`` for every ``l != y``; each
+  step linearises all of them and follows the one whose linearised boundary is closest (in the
+  dual norm), as in the paper. The boundary is the decision boundary.
+* ``targeted_class=t``: ``phi = z_y - z_t`` (FAB-T).
+* any callable ``phi``: for example DyART's soft margin.
+
+Each step projects the current iterate and the clean input onto the linearised boundary
+intersected with the box (an exact, per-norm projection: Linf, L2 and L1 below), mixes the two
+with a per-sample weight ``alpha = min(|d| / (|d| + |d_orig|), alpha_max)``, overshoots by
+``eta``, and after a success steps back towards the clean input by ``beta``. The best (smallest
+norm) success over all steps and restarts is kept. robustlab addition (not in the paper):
+``refine_steps`` of a safeguarded regula-falsi line search on the segment between the clean input
+and the best point, which removes the ~0.5% overshoot FAB leaves even on linear models. Every
+returned point is re-evaluated before it is reported as found.
+
+``boundary_search`` never switches model modes (training code calls it on the model as it is);
+the :class:`~robustlab.attacks.fab.FAB` and :class:`~robustlab.attacks.fab.FABTargeted` attacks
+(``attacks/fab.py``) wrap it with ``attack_mode``; the hyperplane projections live in
+``attacks/projection.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from robustlab.attacks.base import AttackInputError
+from robustlab.attacks.core import margin_loss
+from robustlab.attacks.projection import project_hyperplane_box
+from robustlab.attacks.threat import ThreatModel, make_threat, per_sample
+from robustlab.errors import RobustlabError
+
+PhiFn = Callable[[Tensor, Tensor], Tensor]
+
+__all__ = ["BoundaryResult", "PhiFn", "boundary_search", "hard_margin"]
+
+
+@dataclass
+class BoundaryResult:
+    """Per-sample output of :func:`boundary_search` (all tensors have leading size N).
+
+    ``x_boundary``: the closest verified point found (the clean input where none was found);
+    ``distance``: its threat-norm distance to the clean input (0 where the clean input already
+    has ``phi <= 0``, ``inf`` where nothing was found); ``found``: bool, True only where ``phi``
+    evaluated at the returned point is on the far side (the prediction changed, for the
+    classification cases); ``phi_value``: ``phi`` at the returned point (for ``phi=None`` the
+    hard margin ``z_y - max_{k != y} z_k``).
+    """
+
+    x_boundary: Tensor
+    distance: Tensor
+    found: Tensor
+    phi_value: Tensor
+
+
+def hard_margin(logits: Tensor, y: Tensor) -> Tensor:
+    """``z_y - max_{k != y} z_k`` per sample: negative iff the prediction is not ``y`` (the
+    negated Carlini-Wagner :func:`~robustlab.attacks.core.margin_loss`)."""
+    return -margin_loss(logits, y)
+
+
+# --------------------------------------------------------------------------------------------
+# Linearisation: value and input gradient of the (chosen) boundary function.
+# --------------------------------------------------------------------------------------------
+
+
+class _Problem:
+    """What is being solved: the value/gradient of the boundary function and the success test."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        shape: tuple[int, ...],
+        threat: ThreatModel,
+        phi: PhiFn | None,
+        targeted_class: Tensor | None,
+    ) -> None:
+        self.model, self.shape, self.threat = model, shape, threat
+        self.phi, self.target = phi, targeted_class
+        self.kind = (
+            "scalar" if phi is not None else "targeted" if targeted_class is not None else "multi"
+        )
+
+    def _logits(self, xf: Tensor) -> Tensor:
+        return self.model(xf.reshape(-1, *self.shape))
+
+    def value(self, logits: Tensor, y: Tensor, t: Tensor | None) -> Tensor:
+        """The reported boundary function at ``logits``."""
+        if self.kind == "scalar":
+            assert self.phi is not None
+            return self.phi(logits, y)
+        if self.kind == "targeted":
+            assert t is not None
+            return logits.gather(1, y[:, None]).squeeze(1) - logits.gather(1, t[:, None]).squeeze(1)
+        return hard_margin(logits, y)
+
+    def success(self, value: Tensor) -> Tensor:
+        """Far side of the boundary: ``phi <= 0``; strictly negative for the classification cases,
+        so that a tie never counts as a changed prediction."""
+        return value <= 0 if self.kind == "scalar" else value < 0
+
+    @torch.no_grad()
+    def evaluate(self, xf: Tensor, y: Tensor, t: Tensor | None) -> Tensor:
+        return self.value(self._logits(xf), y, t)
+
+    def linearize(self, xf: Tensor, y: Tensor, t: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Value (n,) and input gradient (n, d) of the boundary function followed at ``xf``."""
+        xr = xf.detach().reshape(-1, *self.shape).requires_grad_(True)
+        with torch.enable_grad():
+            logits = self.model(xr)
+            if self.kind != "multi":
+                val = self.value(logits, y, t)
+                (grad,) = torch.autograd.grad(val.sum(), xr)
+                return val.detach(), grad.reshape(xf.shape)
+            return self._closest_class(logits, xr, y)
+
+    def _closest_class(self, logits: Tensor, xr: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Untargeted FAB: among ``phi_l = z_y - z_l`` (l != y) pick, per sample, the one whose
+        linearised boundary is closest, ``|phi_l| / |grad phi_l|_q``. K-1 backward passes (one
+        per other class, re-indexed per sample so none is wasted)."""
+        n, k = logits.shape
+        ar = torch.arange(k - 1, device=y.device)
+        others = ar[None, :] + (ar[None, :] >= y[:, None]).long()  # (n, K-1): classes != y
+        z_y = logits.gather(1, y[:, None])
+        diffs = z_y - logits.gather(1, others)  # (n, K-1)
+        grads = []
+        for j in range(k - 1):
+            (g,) = torch.autograd.grad(diffs[:, j].sum(), xr, retain_graph=j < k - 2)
+            grads.append(g.reshape(n, -1))
+        g_all = torch.stack(grads, 1)  # (n, K-1, d)
+        vals = diffs.detach()
+        dual = self.threat.dual_norm(g_all.reshape(n * (k - 1), -1)).reshape(n, k - 1)
+        dist = vals.abs() / (dual + 1e-12)
+        best = dist.argmin(1)
+        val = vals.gather(1, best[:, None]).squeeze(1)
+        grad = g_all[torch.arange(n, device=best.device), best]
+        return val, grad
+
+
+# --------------------------------------------------------------------------------------------
+# The solver.
+# --------------------------------------------------------------------------------------------
+
+
+def _as_vector(v: float | Tensor | None, n: int, like: Tensor, name: str) -> Tensor | None:
+    if v is None:
+        return None
+    out = torch.as_tensor(v, dtype=like.dtype, device=like.device).flatten()
+    if out.numel() == 1:
+        out = out.expand(n)
+    if out.numel() != n:
+        raise RobustlabError(f"{name} must be a number or a tensor of {n} values")
+    if bool((out <= 0).any()) or bool(torch.isnan(out).any()):
+        raise RobustlabError(f"{name} must be positive")
+    return out.clone()
+
+
+def _sphere(threat: ThreatModel, x: Tensor, radius: Tensor, gen: torch.Generator | None) -> Tensor:
+    """Random points on the threat-norm sphere of per-sample ``radius`` (no box)."""
+    unit = make_threat(threat.name, 1.0)
+    v = unit.sample_ball(x, gen)
+    n = unit.norm(v).clamp_min(1e-12)
+    return v * per_sample(radius / n, v)
+
+
+@torch.no_grad()
+def _num_classes(model: nn.Module, x: Tensor) -> int:
+    return int(model(x[:1]).shape[1]) if x.shape[0] else 2
+
+
+def _check_params(steps: int, restarts: int, alpha_max: float, eta: float, beta: float) -> None:
+    if int(steps) != steps or steps < 0:
+        raise RobustlabError(f"steps must be a non-negative integer, got {steps!r}")
+    if int(restarts) != restarts or restarts < 1:
+        raise RobustlabError(f"restarts must be a positive integer, got {restarts!r}")
+    if not 0.0 < alpha_max <= 1.0:
+        raise RobustlabError(f"alpha_max must be in (0, 1], got {alpha_max!r}")
+    if not eta >= 1.0:
+        raise RobustlabError(f"eta (overshoot) must be >= 1, got {eta!r}")
+    if not 0.0 < beta <= 1.0:
+        raise RobustlabError(f"beta (backward step) must be in (0, 1], got {beta!r}")
+
+
+def boundary_search(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    phi: PhiFn | None,
+    threat: ThreatModel,
+    steps: int = 100,
+    restarts: int = 1,
+    alpha_max: float = 0.1,
+    eta: float = 1.05,
+    beta: float = 0.9,
+    start_radius: float | Tensor | None = None,
+    random_start: bool | None = None,
+    generator: torch.Generator | None = None,
+    max_radius: float | Tensor | None = None,
+    targeted_class: Tensor | None = None,
+    refine_steps: int = 8,
+) -> BoundaryResult:
+    """Closest point (threat norm, inside [0, 1]) where ``phi(model(.), y)`` reaches zero.
+
+    Args:
+        model: returns logits; used as it is (no mode switch, no parameter gradient written).
+        x, y: clean inputs (N, ...) in [0, 1] and labels (N,).
+        phi: per-sample ``phi(logits, y) -> (N,)``, positive on the clean side; ``None`` for the
+            untargeted decision boundary (multi-class FAB).
+        threat: supplies the norm (and its dual); its ``eps`` only sets the default start radius.
+        steps, restarts: FAB iterations per restart and number of restarts.
+        alpha_max, eta, beta: FAB's maximal bias towards the clean input, overshoot, and
+            backward step after a success.
+        start_radius: radius of the random starts on the threat-norm sphere; default (the
+            paper's) ``min(best distance so far, eps) / 2`` per sample, where eps is
+            ``max_radius`` if given else ``threat.eps``.
+        random_start: True: every restart starts at a random point; False: none does; None
+            (default, as in the paper): the first restart starts at ``x``, later ones randomly.
+        generator: the random source of the starts.
+        max_radius: if given, a point only counts as found within this distance (float or (N,)).
+        targeted_class: (N,) target labels: solve ``phi = z_y - z_t`` (FAB-T); excludes ``phi``.
+        refine_steps: regula-falsi steps on the segment from ``x`` to the best point (0 = plain
+            FAB); each is one forward pass and keeps the point verified.
+
+    The model is called as it is: in train mode BatchNorm layers update their running
+    statistics on every forward and dropout makes ``phi`` random (verification then refers to
+    one draw), so call it in eval mode, or with GroupNorm, unless that is intended.
+
+    Returns:
+        :class:`BoundaryResult`. Samples whose clean input already satisfies the success test get
+        distance 0 and ``x_boundary = x``. The solver is batched (one backward per step for a
+        scalar ``phi``, K-1 for the multi-class case) and does not synchronise with the host
+        inside the loop.
+    """
+    _check_params(steps, restarts, alpha_max, eta, beta)
+    x, y, t_all = _check_search_inputs(x, y, phi, threat, targeted_class)
+    n = x.shape[0]
+    max_r = _as_vector(max_radius, n, x, "max_radius")
+    start_r = _as_vector(start_radius, n, x, "start_radius")
+    ref_eps = max_r if max_r is not None else _as_vector(threat.eps, n, x, "threat eps")
+    assert ref_eps is not None
+    prob = _Problem(model, tuple(x.shape[1:]), threat, phi, t_all)
+
+    xf_all = x.reshape(n, -1)
+    phi_clean = prob.evaluate(xf_all, y, t_all)
+    if phi is None and targeted_class is None and _num_classes(model, x) < 2:
+        raise RobustlabError("the decision boundary needs a model with at least 2 classes")
+    if phi_clean.shape != (n,):
+        raise RobustlabError(f"phi must return one value per sample, got {tuple(phi_clean.shape)}")
+    done_clean = prob.success(phi_clean)
+    best_x = xf_all.clone()
+    best_d = torch.where(
+        done_clean, torch.zeros_like(phi_clean), torch.full_like(phi_clean, math.inf)
+    )
+
+    idx = (~done_clean).nonzero().squeeze(1)
+    if idx.numel() > 0:
+        tt = t_all[idx] if t_all is not None else None
+        runs = _Restarts(steps, restarts, alpha_max, eta, beta, random_start, generator)
+        radius = start_r[idx] if start_r is not None else None
+        bx, bd = runs.solve(
+            prob, xf_all[idx], y[idx], tt, best_x[idx], best_d[idx], radius, ref_eps[idx]
+        )
+        if refine_steps > 0:
+            bx, bd = _refine(prob, xf_all[idx], y[idx], tt, bx, bd, refine_steps)
+        best_x[idx], best_d[idx] = bx, bd
+
+    # Verify every returned point with a fresh forward pass.
+    phi_final = prob.evaluate(best_x, y, t_all)
+    found = torch.isfinite(best_d) & prob.success(phi_final)
+    if max_r is not None:
+        found &= best_d <= max_r
+    best_x = torch.where(found[:, None], best_x, xf_all)
+    best_d = torch.where(found, threat.norm(best_x - xf_all), torch.full_like(best_d, math.inf))
+    phi_final = torch.where(found, phi_final, phi_clean)
+    return BoundaryResult(best_x.reshape(x.shape), best_d, found, phi_final)
+
+
+def _check_search_inputs(
+    x: Tensor, y: Tensor, phi: PhiFn | None, threat: ThreatModel, targeted_class: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Validate the solver's inputs; returns detached ``x``, long ``y`` and the targets."""
+    if phi is not None and targeted_class is not None:
+        raise RobustlabError("give either phi or targeted_class, not both")
+    if not isinstance(threat, ThreatModel):
+        raise RobustlabError(f"threat must be a ThreatModel, got {type(threat).__name__}")
+    if not isinstance(x, Tensor) or x.dim() < 2 or not x.is_floating_point():
+        raise AttackInputError("x must be a floating-point batch (N, ...)")
+    x = x.detach()
+    n = x.shape[0]
+    y = y.to(device=x.device, dtype=torch.long)
+    if y.shape != (n,):
+        raise AttackInputError(f"batch has {n} inputs but labels have shape {tuple(y.shape)}")
+    t_all = None
+    if targeted_class is not None:
+        t_all = targeted_class.to(device=x.device, dtype=torch.long).reshape(-1)
+        if t_all.shape != (n,):
+            raise AttackInputError("targeted_class must hold one target per sample")
+        if bool((t_all == y).any()):
+            raise AttackInputError("targeted_class must differ from the label y")
+    return x, y, t_all
+
+
+@dataclass
+class _Restarts:
+    """FAB's restarts: the first from the clean input (unless ``random_start``), later ones from
+    random points on the threat-norm sphere of radius ``min(best, eps) / 2`` (or ``radius``)."""
+
+    steps: int
+    restarts: int
+    alpha_max: float
+    eta: float
+    beta: float
+    random_start: bool | None
+    generator: torch.Generator | None
+
+    def solve(
+        self,
+        prob: _Problem,
+        x0: Tensor,
+        y: Tensor,
+        t: Tensor | None,
+        bx: Tensor,
+        bd: Tensor,
+        radius: Tensor | None,
+        ref_eps: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        for r in range(self.restarts):
+            use_rand = (r > 0) if self.random_start is None else bool(self.random_start)
+            if r > 0 and not use_rand:
+                break  # a deterministic restart would repeat the first one
+            start = x0
+            if use_rand:
+                rad = radius if radius is not None else torch.minimum(bd, ref_eps) / 2
+                start = (x0 + _sphere(prob.threat, x0, rad, self.generator)).clamp(0.0, 1.0)
+            bx, bd = _fab_run(
+                prob, x0, y, t, start, self.steps, self.alpha_max, self.eta, self.beta, bx, bd
+            )
+        return bx, bd
+
+
+def _fab_run(
+    prob: _Problem,
+    x0: Tensor,
+    y: Tensor,
+    t: Tensor | None,
+    start: Tensor,
+    steps: int,
+    alpha_max: float,
+    eta: float,
+    beta: float,
+    best_x: Tensor,
+    best_d: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """One FAB restart from ``start``; returns the updated best points and distances."""
+    threat = prob.threat
+    xc = start
+    if not torch.equal(start, x0):  # a random start may already be on the far side
+        best_x, best_d = _keep_best(prob, x0, y, t, xc, best_x, best_d)
+    for _ in range(steps):
+        val, grad = prob.linearize(xc, y, t)
+        # Linearised boundary through xc: val + <grad, z - xc> = 0. Project xc and x0 onto it.
+        d_cur = project_hyperplane_box(threat, xc, grad, -val)
+        c_orig = -(val + (grad * (x0 - xc)).sum(1))
+        d_orig = project_hyperplane_box(threat, x0, grad, c_orig)
+        n_cur, n_orig = threat.norm(d_cur), threat.norm(d_orig)
+        alpha = (n_cur / (n_cur + n_orig).clamp_min(1e-12)).clamp(0.0, alpha_max)[:, None]
+        xc = ((1 - alpha) * (xc + eta * d_cur) + alpha * (x0 + eta * d_orig)).clamp(0.0, 1.0)
+        val_new = prob.evaluate(xc, y, t)
+        hit = prob.success(val_new)
+        dist = threat.norm(xc - x0)
+        better = hit & (dist < best_d)
+        best_x = torch.where(better[:, None], xc, best_x)
+        best_d = torch.where(better, dist, best_d)
+        xc = torch.where(hit[:, None], x0 + beta * (xc - x0), xc)  # backward step
+    return best_x, best_d
+
+
+def _keep_best(
+    prob: _Problem, x0: Tensor, y: Tensor, t: Tensor | None, xc: Tensor, bx: Tensor, bd: Tensor
+) -> tuple[Tensor, Tensor]:
+    hit = prob.success(prob.evaluate(xc, y, t))
+    dist = prob.threat.norm(xc - x0)
+    better = hit & (dist < bd)
+    return torch.where(better[:, None], xc, bx), torch.where(better, dist, bd)
+
+
+def _refine(
+    prob: _Problem,
+    x0: Tensor,
+    y: Tensor,
+    t: Tensor | None,
+    best_x: Tensor,
+    best_d: Tensor,
+    steps: int,
+) -> tuple[Tensor, Tensor]:
+    """Illinois regula falsi for the crossing on the segment ``x0 + s (best_x - x0)``, s in [0, 1].
+
+    ``hi`` always holds a verified far-side point, so the result is never worse than ``best_x``.
+    """
+    has = torch.isfinite(best_d)
+    d = torch.where(has[:, None], best_x - x0, torch.zeros_like(x0))
+    lo = torch.zeros_like(best_d)
+    hi = torch.ones_like(best_d)
+    f_lo = prob.evaluate(x0, y, t)
+    f_hi = prob.evaluate(x0 + d, y, t)
+    side = torch.zeros_like(best_d)  # +1: hi moved last, -1: lo moved last
+    for _ in range(steps):
+        denom = f_lo - f_hi
+        s = lo + (f_lo / denom.clamp_min(1e-30)).clamp(0, 1) * (hi - lo)
+        width = hi - lo
+        s = torch.minimum(torch.maximum(s, lo + 1e-3 * width), hi - 1e-3 * width)
+        f_s = prob.evaluate((x0 + s[:, None] * d).clamp(0.0, 1.0), y, t)
+        hit = prob.success(f_s) & has
+        # Illinois: halve the stale end's value when the same end moves twice in a row.
+        f_lo = torch.where(hit & (side > 0), f_lo / 2, f_lo)
+        f_hi = torch.where(~hit & (side < 0), f_hi / 2, f_hi)
+        hi, f_hi = torch.where(hit, s, hi), torch.where(hit, f_s, f_hi)
+        lo, f_lo = torch.where(hit, lo, s), torch.where(hit, f_lo, f_s.clamp_min(1e-12))
+        side = torch.where(hit, torch.ones_like(side), -torch.ones_like(side))
+    x_new = (x0 + hi[:, None] * d).clamp(0.0, 1.0)
+    d_new = prob.threat.norm(x_new - x0)
+    improve = has & (d_new < best_d)
+    return torch.where(improve[:, None], x_new, best_x), torch.where(improve, d_new, best_d)

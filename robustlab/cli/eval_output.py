@@ -1,0 +1,99 @@
+"""What ``robustlab eval`` writes and prints: per-sample records, adversarial images, the
+gradient-masking sanity checks and the text summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["sanity_checks", "write_records", "save_adv", "print_text"]
+
+
+def sanity_checks(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    main: Any,
+    results: list[Any],
+    norm: str,
+    device: torch.device,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """Gradient-masking checks on the first 64 images, as JSON rows."""
+    from robustlab.attacks import attack_mode
+    from robustlab.attacks.checks import run_sanity_checks
+    from robustlab.data.convert import to_float
+
+    eps = main.eps
+    xs = to_float(x[:64], device)
+    sweep = None
+    if len(results) > 1:
+        sweep = ([r.eps for r in results], [r.robust_accuracy for r in results])
+    with attack_mode(model):
+        checks = run_sanity_checks(
+            model,
+            xs,
+            y[:64].to(device),
+            eps,
+            norm,
+            per_attack=main.per_attack,
+            n_total=main.n,
+            sweep=sweep,
+            seed=seed,
+        )
+    return [c.as_dict() for c in checks]
+
+
+def write_records(path: Path, records: list[dict[str, Any]]) -> None:
+    from robustlab.io import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def save_adv(path: str, res: Any, y: Any) -> None:
+    from robustlab.io import atomic_torch_save
+
+    atomic_torch_save(
+        {
+            "x_adv": res.x_adv,
+            "labels": y.long().cpu(),
+            "robust_correct": torch.tensor([r["robust_correct"] for r in res.records]),
+            "attack": res.attack,
+            "eps": res.eps,
+            "norm": res.norm,
+        },
+        path,
+    )
+
+
+def print_text(summary: dict[str, Any], results: list[Any], checks: list[dict[str, Any]]) -> None:
+    """The human-readable summary of an evaluation (and of an eps sweep)."""
+    n = summary["n"]
+    print(
+        f"{summary['attack']} ({summary['norm']}, eps {summary['eps']:.6g}) on "
+        f"{summary['dataset']} test, {n} images [{summary['seconds']:.1f}s on {summary['device']}]"
+    )
+    for what in ("clean", "robust"):
+        acc, correct = summary[f"{what}_accuracy"], summary[f"{what}_correct"]
+        print(f"  {what} accuracy{' ' * (7 - len(what))}{100 * acc:6.2f}%  ({correct}/{n})")
+    for p in summary["per_attack"]:
+        print(
+            f"    after {p['attack']:<12} {100 * p['robust_accuracy_after']:6.2f}%  "
+            f"(broke {p['broken']} of {p['attacked']}, {p['seconds']:.1f}s)"
+        )
+    if summary.get("skipped_attacks"):
+        print(f"  skipped (not available): {summary['skipped_attacks']}")
+    if len(results) > 1:
+        print("  eps sweep:")
+        for r in results:
+            print(f"    eps {r.eps:<10.6g} robust accuracy {100 * r.robust_accuracy:6.2f}%")
+    for c in checks:
+        if not c["passed"]:
+            print(f"  WARNING [{c['name']}] {c['message']}")
+    if checks and all(c["passed"] for c in checks):
+        print(f"  sanity checks: all {len(checks)} passed")
+    print(f"  written to {summary['run_dir']}")
