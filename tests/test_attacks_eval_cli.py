@@ -103,6 +103,7 @@ def test_eps_sweep_is_monotone(
         (["--attack", "nope", "--eps", "0.3"], "unknown attack 'nope'"),
         (["--attack", "pgd"], "needs --eps"),
         (["--attack", "pgd", "--eps", "0.3", "--norm", "l7"], "unknown norm"),
+        (["--attack", "pgd", "--eps", "0.3", "--norm", "gn"], "--norm-layer gn"),
         (["--attack", "apgd-t", "--eps", "0.3", "--loss", "ce"], "targeted DLR"),
         (["--attack", "fgsm", "--eps", "0.3", "--steps", "3"], "one step"),
         (["--eps", "0.3"], "need --attack"),
