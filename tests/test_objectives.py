@@ -165,7 +165,9 @@ def test_inner_max_keeps_batchnorm_stats_and_modes(
     bn = model[1]
     before = (bn.running_mean.clone(), bn.running_var.clone(), int(bn.num_batches_tracked))
     for name in ("pgd_at", "trades", "mart", "fisher"):
-        obj = create_objective(name, eps=0.3, steps=2)
+        # fisher defaults to its authors' train-mode solver (tested below): ask for eval here
+        extra = {"attack_mode": "eval"} if name == "fisher" else {}
+        obj = create_objective(name, eps=0.3, steps=2, **extra)
         obj.adversary(x, y, state_for(model))
         torch.testing.assert_close(bn.running_mean, before[0])
         torch.testing.assert_close(bn.running_var, before[1])
@@ -266,3 +268,38 @@ def test_eps_fraction_strings_are_parsed() -> None:
     assert obj.eps == pytest.approx(8 / 255) and obj.step_size == pytest.approx(2 / 255)
     assert create_objective("pgd_at", eps=8 / 255).step_size == pytest.approx(2 / 255)
     assert create_objective("fast_at", eps=0.3).step_size == pytest.approx(0.375)
+
+
+def test_fisher_solver_defaults_to_the_authors(
+    mnist_batch: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    """Default: KL from the prediction at the random start, in train mode (BatchNorm updates
+    its statistics, as in the authors' loop); kl_from=clean keeps the clean reference."""
+    from robustlab.attacks.threat import make_threat
+    from robustlab.objectives.base import kl_per_sample
+
+    x, y = mnist_batch
+    obj = create_objective("fisher", eps=0.3, steps=3, step_size=0.1)
+    assert (obj.kl_from, obj.attack_mode) == ("start", "train")
+    model = tiny_net(bn=True).train()
+    bn = model[1]
+    n0 = int(bn.num_batches_tracked)
+    x_s = obj.adversary(x, y, state_for(model, 4))
+    assert int(bn.num_batches_tracked) > n0 and model.training
+    # the same solver with a frozen (BatchNorm-free) model: the result climbs the KL from the
+    # start's prediction more than the clean-reference solver does, and vice versa
+    net = tiny_net(bn=False).eval()
+    x0 = make_threat("linf", 0.3).random_start(x, state_for(net, 4).generator)
+    start = create_objective("fisher", eps=0.3, steps=5, step_size=0.05, attack_mode="eval")
+    clean = create_objective(
+        "fisher", eps=0.3, steps=5, step_size=0.05, attack_mode="eval", kl_from="clean"
+    )
+    a, b = start.adversary(x, y, state_for(net, 4)), clean.adversary(x, y, state_for(net, 4))
+    assert not torch.equal(a, b)
+    with torch.no_grad():
+        ref0, refx = F.log_softmax(net(x0), 1), F.log_softmax(net(x), 1)
+        assert float(kl_per_sample(ref0, net(a)).mean()) > float(kl_per_sample(ref0, net(b)).mean())
+        assert float(kl_per_sample(refx, net(b)).mean()) > float(kl_per_sample(refx, net(a)).mean())
+    assert float((x_s - x).abs().amax()) <= 0.3 + 1e-6
+    with pytest.raises(ConfigError, match="kl_from"):
+        create_objective("fisher", kl_from="clean-start")

@@ -191,3 +191,40 @@ def test_teacher_from_checkpoint_path(tmp_path, trades_checkpoint, shared_data) 
     assert (t.argmax(1) == split.labels).float().mean() > 0.9  # the real robust teacher
     with pytest.raises(ConfigError, match="teacher_model"):
         create_objective("distill", teacher=str(trades_checkpoint))
+
+
+def test_teacher_view_augmented_uses_the_students_batch() -> None:
+    """teacher_view=augmented: the teacher's logits come from the batch the student sees (here
+    a flipped view), not from the clean cache; the default keeps the clean cached view."""
+    split, teacher, student = make_split(), net(seed=1), net(seed=2)
+    idx = torch.tensor([3, 9, 30])
+    x_clean, y = split.images[idx].float() / 255, split.labels[idx]
+    x_view = x_clean.flip(3)  # the "augmented" view the loader would give
+    with torch.no_grad():
+        z_view, z_clean = teacher(x_view), teacher(x_clean)
+    assert not torch.allclose(z_view, z_clean)
+    zs = student(x_view)
+    expect = {}
+    for view, zt in (("augmented", z_view), ("clean", z_clean)):
+        expect[view], _ = M_loss(zs, zt, y)
+        obj = create_objective("distill", teacher=teacher, tau=2.0, teacher_view=view)
+        obj.setup(student, split, "cpu")
+        loss, logs = obj(student, x_view, y, idx, StepState(raw_model=student))
+        torch.testing.assert_close(loss, expect[view])
+        assert all(p.grad is None for p in teacher.parameters())
+    assert not torch.allclose(expect["augmented"], expect["clean"])
+    # random manipulations on the augmented view: drawn per batch, argmax and max kept
+    obj = create_objective(
+        "distill", teacher=teacher, manipulation="shuffle", teacher_view="augmented"
+    )
+    obj.setup(student, split, "cpu")
+    zt = obj.view_targets(x_view, gen(2))
+    assert torch.equal(zt.argmax(1), z_view.argmax(1))
+    with pytest.raises(ConfigError, match="teacher_view"):
+        create_objective("distill", teacher=teacher, teacher_view="noisy")
+
+
+def M_loss(zs: torch.Tensor, zt: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    from robustlab.objectives.distill import distill_loss
+
+    return distill_loss(zs, zt, y, tau=2.0, alpha=1.0, weighting="convex")

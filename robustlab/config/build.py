@@ -220,6 +220,7 @@ def _check_consistency(cfg: Config) -> None:
     dev = cfg.train.device
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", dev):
         raise ConfigError(f"train.device: {dev!r} is not allowed; choose auto, cpu, cuda or cuda:N")
+    _check_input_norm(cfg.model.input_norm)
     names = [c.name for c in cfg.callbacks]
     if len(set(names)) != len(names):
         raise ConfigError(f"callbacks: each callback may appear once, got {names}")
@@ -230,3 +231,21 @@ def config_from_dict(data: dict[str, Any] | None) -> Config:
     cfg = _build(Config, data or {}, "")
     _check_consistency(cfg)
     return cfg
+
+
+def _check_input_norm(value: str) -> None:
+    """``model.input_norm``: auto, dataset, none, or an even count of numbers (MEAN,STD)."""
+    text = value.strip().lower()
+    if text in ("auto", "dataset", "none"):
+        return
+    parts = text.split(",")
+    try:
+        [float(v) for v in parts]
+    except ValueError:
+        parts = ["?"]
+    if len(parts) % 2 == 0:
+        return
+    raise ConfigError(
+        f"model.input_norm: {value!r} is not allowed; choose auto, dataset, none or MEAN,STD "
+        "(e.g. 0.1307,0.3081)"
+    )

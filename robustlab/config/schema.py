@@ -71,11 +71,15 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     """The architecture, passed to ``robustlab.models.create_model``; ``weights`` (a checkpoint
-    file or a run directory) initializes it for fine-tuning."""
+    file or a run directory) initializes it for fine-tuning. ``input_norm``: auto | dataset |
+    none | "MEAN,STD" (the normalization inside the model); ``bn_momentum``: every BatchNorm's
+    momentum (null: PyTorch's 0.1)."""
 
     name: str = "lenet5"
     norm: str | None = None
     act: str | None = None
+    input_norm: str = "auto"
+    bn_momentum: float | None = _f(None, ge=0, le=1)
     weights: str | None = None
     remap: Literal["none", "auto"] = "none"
     kwargs: dict[str, Any] = _f({})

@@ -1,9 +1,17 @@
 """Model zoo: the registry/factory, the architectures and checkpoint loading."""
 
-from robustlab.models import resnet, small, wideresnet  # noqa: F401  (register architectures)
+from robustlab.models import paperc, resnet, small, wideresnet  # noqa: F401  (register them)
 from robustlab.models.checkpoint import LoadReport, load_checkpoint, read_weights, save_weights
 from robustlab.models.layers import ImageClassifier, Normalize
-from robustlab.models.registry import available_models, create_model, model_spec, register_model
+from robustlab.models.registry import (
+    available_models,
+    create_model,
+    describe_input_norm,
+    input_normalization,
+    model_spec,
+    parse_input_norm,
+    register_model,
+)
 
 __all__ = [
     "ImageClassifier",
@@ -14,6 +22,9 @@ __all__ = [
     "Normalize",
     "available_models",
     "create_model",
+    "describe_input_norm",
+    "input_normalization",
+    "parse_input_norm",
     "model_spec",
     "register_model",
 ]

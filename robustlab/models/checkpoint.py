@@ -15,6 +15,7 @@ import json
 import os
 import pickle
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,9 @@ __all__ = [
     "save_weights",
     "REMAP_MODES",
     "SAFETENSORS_SUFFIX",
+    "NormalizationWarning",
+    "is_robustlab_checkpoint",
+    "normalization_warning",
 ]
 
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -63,6 +67,8 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    robustlab_run: bool = False
+    warning: str | None = None
 
     def summary(self) -> str:
         """One line describing the load."""
@@ -373,4 +379,40 @@ def load_checkpoint(
     model.load_state_dict(to_load, strict=False)
     report.num_tensors = len(to_load)
     report.num_values = sum(t.numel() for t in to_load.values())
+    report.robustlab_run = is_robustlab_checkpoint(obj)
+    if not report.robustlab_run:
+        report.warning = normalization_warning(model, str(p))
+        if report.warning:
+            warnings.warn(report.warning, NormalizationWarning, stacklevel=2)
     return report
+
+
+class NormalizationWarning(UserWarning):
+    """A third-party checkpoint was loaded into a model that normalizes its inputs."""
+
+
+def is_robustlab_checkpoint(obj: Any) -> bool:
+    """Whether a loaded file is a robustlab training checkpoint (``best.pt``/``last.pt``): a
+    dict holding ``model`` with robustlab's bookkeeping keys, whose model was built from the
+    run's own configuration (input normalization included)."""
+    return (
+        isinstance(obj, Mapping)
+        and "model" in obj
+        and ("format" in obj or {"best", "epoch", "step", "ema"} <= set(obj))
+    )
+
+
+def normalization_warning(model: nn.Module, source: str) -> str | None:
+    """The warning for a third-party checkpoint loaded into a normalizing model, or None."""
+    norm = getattr(model, "normalize", None)
+    if norm is None or getattr(norm, "identity", True):
+        return None
+    mean = [round(float(v), 4) for v in norm.mean.flatten().tolist()]
+    std = [round(float(v), 4) for v in norm.std.flatten().tolist()]
+    arch = getattr(model, "arch", type(model).__name__)
+    return (
+        f"{source} is not a robustlab run, and model {arch} normalizes its inputs inside "
+        f"((x - {mean}) / {std}); if these weights expect raw [0, 1] inputs, every number will "
+        "be wrong: turn it off with --input-norm none (config: model.input_norm: none; "
+        "Python: create_model(..., input_norm='none'))"
+    )

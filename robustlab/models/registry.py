@@ -13,7 +13,22 @@ from torch import nn
 from robustlab.errors import ConfigError, RobustlabError
 from robustlab.models.layers import ImageClassifier, check_act, check_norm
 
-__all__ = ["ModelSpec", "register_model", "create_model", "available_models", "model_spec"]
+__all__ = [
+    "ModelSpec",
+    "register_model",
+    "create_model",
+    "available_models",
+    "model_spec",
+    "parse_input_norm",
+    "input_normalization",
+    "describe_input_norm",
+    "INPUT_NORM_HELP",
+]
+
+INPUT_NORM_HELP = (
+    "auto (the architecture's default), dataset (the dataset's mean/std), none (raw [0, 1] "
+    "inputs) or MEAN,STD (one value each, or one per channel: M1,M2,M3,S1,S2,S3)"
+)
 
 Builder = Callable[..., ImageClassifier]
 B = TypeVar("B", bound=Builder)
@@ -109,6 +124,8 @@ def create_model(
     std: Sequence[float] | None = None,
     input_size: int | None = None,
     seed: int | None = None,
+    input_norm: str | None = None,
+    bn_momentum: float | None = None,
     **kw: Any,
 ) -> nn.Module:
     """Build architecture ``name`` taking [0, 1] images and returning logits.
@@ -118,7 +135,12 @@ def create_model(
     (None: the architecture's default), ``act`` is ``"relu"`` or ``"silu"``. Extra keywords
     go to the architecture (e.g. ``depth``/``widen_factor`` for ``wideresnet``). ``seed``
     makes the weight initialization reproducible without touching the global RNG (None: draw
-    from the global torch RNG).
+    from the global torch RNG). ``input_norm`` (see :func:`parse_input_norm`) chooses the
+    normalization applied inside the model: ``auto``/None the architecture's default (the
+    dataset's mean/std unless the architecture is registered for raw inputs), ``dataset``,
+    ``none`` or explicit ``"MEAN,STD"``; it cannot be combined with ``mean``/``std``.
+    ``bn_momentum`` sets every BatchNorm layer's momentum (PyTorch convention: the weight of
+    the new batch; DyART's authors use 0.01).
     """
     spec = model_spec(name)
     n_cls, ch, size = spec.num_classes, spec.in_channels, spec.input_size
@@ -150,14 +172,73 @@ def create_model(
         model = spec.builder(
             num_classes=n_cls, in_channels=ch, input_size=size, norm=norm, act=act, **kw
         )
+    mode, values = parse_input_norm(input_norm, ch)
     if mean is not None or std is not None:
         if mean is None or std is None:
             raise ConfigError("give both mean and std for the input normalization, or neither")
+        if mode != "auto":
+            raise ConfigError("give input_norm or mean/std, not both")
         model.set_normalization(_per_channel(mean, ch), _per_channel(std, ch))
-    elif d_mean is not None and d_std is not None and spec.dataset_normalization:
-        model.set_normalization(_per_channel(d_mean, ch), _per_channel(d_std, ch))
+    elif mode == "values":
+        model.set_normalization(*values)
+    elif mode == "dataset" and d_mean is None:
+        raise ConfigError(f"input_norm 'dataset' needs a dataset (model {name!r} got none)")
+    elif d_mean is not None and d_std is not None and mode != "none":
+        if mode == "dataset" or spec.dataset_normalization:
+            model.set_normalization(_per_channel(d_mean, ch), _per_channel(d_std, ch))
+    if bn_momentum is not None:
+        if not 0.0 <= float(bn_momentum) <= 1.0:
+            raise ConfigError(f"bn_momentum must be in [0, 1], got {bn_momentum!r}")
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = float(bn_momentum)
     model.arch = name
     return model
+
+
+def parse_input_norm(
+    value: str | None, channels: int
+) -> tuple[str, tuple[list[float], list[float]] | None]:
+    """``(mode, (mean, std) or None)`` from an ``input_norm`` setting.
+
+    Modes: ``auto`` (None or "auto"), ``dataset``, ``none``, ``values`` (``"MEAN,STD"``: two
+    numbers broadcast to every channel, or ``2 * channels`` numbers, the means then the stds;
+    fractions such as ``0.5/1`` are not accepted, decimals are).
+    """
+    if value is None:
+        return "auto", None
+    text = str(value).strip().lower()
+    if text in ("auto", "dataset", "none"):
+        return text, None
+    try:
+        nums = [float(v) for v in text.split(",")]
+    except ValueError:
+        nums = []
+    if len(nums) == 2:
+        return "values", ([nums[0]] * channels, [nums[1]] * channels)
+    if len(nums) == 2 * channels and channels > 1:
+        return "values", (nums[:channels], nums[channels:])
+    raise ConfigError(f"input_norm {value!r}: choose {INPUT_NORM_HELP}")
+
+
+def input_normalization(model: nn.Module) -> dict[str, Any]:
+    """What the model does to its [0, 1] input before the first layer, for printing and
+    recording: ``{"applied": bool, "mean": [...], "std": [...]}`` (``applied`` False: the
+    model sees raw [0, 1] inputs, or it has no robustlab normalization layer)."""
+    norm = getattr(model, "normalize", None)
+    if norm is None or not hasattr(norm, "mean"):
+        return {"applied": False, "mean": None, "std": None, "note": "no robustlab Normalize"}
+    mean = [round(float(v), 6) for v in norm.mean.flatten().tolist()]
+    std = [round(float(v), 6) for v in norm.std.flatten().tolist()]
+    return {"applied": not bool(getattr(norm, "identity", False)), "mean": mean, "std": std}
+
+
+def describe_input_norm(model: nn.Module) -> str:
+    """One line: the normalization the model applies (for CLI output)."""
+    info = input_normalization(model)
+    if not info["applied"]:
+        return "input normalization: none (the model sees raw [0, 1] inputs)"
+    return f"input normalization: (x - {info['mean']}) / {info['std']} inside the model"
 
 
 def _per_channel(values: Sequence[float] | float, channels: int) -> list[float]:

@@ -8,8 +8,14 @@ inputs only. With student logits ``zS``, cached teacher logits ``zT`` and temper
 - ``weighting: brief``: the formula as written in the brief, ``L = tau^2 KL(...) +
   (1 - alpha) CE(zS, y)`` (the two agree at ``alpha = 1``, the default).
 
-Teacher logits are computed once in :meth:`Distill.setup` for every training index (eval mode,
-un-augmented images, batched) and looked up by the batch's ``index``. The ``manipulation``
+``teacher_view: clean`` (default): teacher logits are computed once in :meth:`Distill.setup`
+for every training index (eval mode, un-augmented images, batched) and looked up by the
+batch's ``index``. ``teacher_view: augmented``: the teacher sees the student's view, i.e. its
+logits are computed on the batch the student gets (after random crop/flip), every step, in
+eval mode without gradients, as adversarially robust distillation does (Goldblum et al.);
+random manipulations are then drawn per batch from the step's generator (a fixed draw per
+index needs fixed logits), while the pooled values and gaps that ``sorted_resample`` and
+``conf_swap`` draw from still come from the clean cache. The ``manipulation``
 (see :mod:`robustlab.objectives.manipulations`) is applied once to the whole cache with a
 generator seeded by ``seed`` (fixed per index), or per batch with the step's generator when
 ``redraw: true`` (which acts like label noise). References: ``none`` (intact teacher),
@@ -102,12 +108,14 @@ class Distill(Objective):
     redraw: bool = False
     seed: int = 0
     batch_size: int = 512
+    teacher_view: str = "clean"
 
     _targets: Tensor | None = field(default=None, init=False, repr=False)
     _z_at: Tensor | None = field(default=None, init=False, repr=False)
     _z_std: Tensor | None = field(default=None, init=False, repr=False)
     _pool: Tensor | None = field(default=None, init=False, repr=False)
     _gaps: Tensor | None = field(default=None, init=False, repr=False)
+    _nets: dict[str, nn.Module] = field(default_factory=dict, init=False, repr=False)
 
     def validate(self) -> None:
         n = self.name
@@ -119,6 +127,7 @@ class Distill(Objective):
         check_choice(n, "teacher_remap", self.teacher_remap, ("none", "auto"))
         check_range(n, "seed", self.seed, lo=0, integer=True)
         check_range(n, "batch_size", self.batch_size, lo=1, integer=True)
+        check_choice(n, "teacher_view", self.teacher_view, ("clean", "augmented"))
         if self.manipulation not in ("hard_labels", "standard_teacher"):
             self._check_teacher("teacher", self.teacher, self.teacher_model)
         if self.manipulation in NEEDS_STD:
@@ -174,6 +183,8 @@ class Distill(Objective):
         device: torch.device | str,
     ) -> Tensor:
         net = self._build(key, src, model_name, kwargs, split, device)
+        if self.teacher_view == "augmented":  # kept to see each batch's augmented view
+            self._nets[key] = net.eval()
         z = teacher_logits(net, split.images, device, self.batch_size)
         k = _num_classes(split)
         if z.dim() != 2 or z.shape[1] != k:
@@ -188,6 +199,7 @@ class Distill(Objective):
     def setup(self, model: nn.Module, train_split: Any, device: torch.device | str) -> None:
         """Compute (and manipulate, unless ``redraw``) the teacher logits of every index."""
         self._targets = self._z_at = self._z_std = self._pool = self._gaps = None
+        self._nets = {}
         m = self.manipulation
         if m == "hard_labels":
             return
@@ -229,6 +241,20 @@ class Distill(Objective):
         z_std = self._z_std[idx] if self._z_std is not None else None
         return self._manipulate(self._z_at[idx], z_std, generator)
 
+    def view_targets(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The (manipulated) teacher logits on ``x`` itself (``teacher_view: augmented``)."""
+        if not self._nets:
+            raise RobustlabError(
+                "objective 'distill': call setup(model, train_split, device) before training"
+            )
+        with torch.no_grad():
+            z_std = self._nets["std_teacher"](x).float() if "std_teacher" in self._nets else None
+            if self.manipulation == "standard_teacher":
+                assert z_std is not None
+                return z_std
+            z = self._nets["teacher"](x).float()
+        return self._manipulate(z, z_std, generator)
+
     def forward(
         self, model: nn.Module, x: Tensor, y: Tensor, index: Tensor | None, state: StepState
     ) -> tuple[Tensor, Logs]:
@@ -236,9 +262,12 @@ class Distill(Objective):
         if self.manipulation == "hard_labels":
             ce = F.cross_entropy(logits, y)
             return ce, {"ce": ce.detach(), "acc": accuracy(logits, y)}
-        if index is None:
+        if self.teacher_view == "augmented":
+            zt = self.view_targets(x, state.generator).to(logits.device, logits.dtype)
+        elif index is None:
             raise RobustlabError("objective 'distill' needs the batch's training-set indices")
-        zt = self.teacher_targets(index, state.generator).to(logits.device, logits.dtype)
+        else:
+            zt = self.teacher_targets(index, state.generator).to(logits.device, logits.dtype)
         loss, logs = distill_loss(logits, zt, y, self.tau, self.alpha, self.weighting)
         logs["acc"] = accuracy(logits, y)
         logs["teacher_agree"] = (zt.argmax(1) == logits.detach().argmax(1)).float().mean()

@@ -6,6 +6,13 @@ a uniform random start. Since ``KL(p(x) || p(x + delta)) = 1/2 delta^T F(x) delt
 this penalizes the input-space Fisher information along its worst direction. Gradients flow
 through both terms of the KL, as in the authors' code. Defaults: 10 steps of 2/255 in the
 8/255 Linf ball (``step_size`` defaults to ``2.5 * eps / steps``), c = 1 (also used: c = 5).
+
+The inner solver, two ways (``kl_from``): ``start`` (default, the authors' ``LinfFisherSolver``)
+maximizes ``KL(p(x_0) || p(x'))`` from the prediction at the random start ``x_0``, with the
+model in train mode (``attack_mode: train``: BatchNorm uses batch statistics and updates its
+running ones, as in the authors' loop); ``clean`` maximizes ``KL(p(x) || p(x'))`` from the
+clean prediction (robustlab's earlier solver; pair it with ``attack_mode: eval``). The outer
+KL is always ``KL(p(x) || p(x~))`` with both in the caller's (train) mode.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from robustlab.objectives.base import (
     Objective,
     StepState,
     accuracy,
+    check_choice,
     check_range,
     kl_per_sample,
     register_objective,
@@ -41,9 +49,12 @@ class FisherReg(Objective):
     norm: str = "linf"
     steps: int = 10
     step_size: float | str | None = None
+    kl_from: str = "start"
+    attack_mode: str = "train"
 
     def validate(self) -> None:
         check_range(self.name, "c", self.c, lo=0.0)
+        check_choice(self.name, "kl_from", self.kl_from, ("start", "clean"))
         validate_threat(self)
 
     def adversary(self, x: Tensor, y: Tensor, state: StepState) -> Tensor:
@@ -51,6 +62,7 @@ class FisherReg(Objective):
         return kl_adversary(
             state.raw_model, x, make_threat(self.norm, self.eps), self.steps, self.step_size,
             init="uniform", mode=self.attack_mode, generator=state.generator,
+            reference=self.kl_from,
         )  # fmt: skip
 
     def forward(

@@ -46,20 +46,23 @@ def kl_adversary(
     init_std: float = 0.001,
     mode: str = "eval",
     generator: torch.Generator | None = None,
+    reference: str = "clean",
 ) -> Tensor:
-    """Maximize ``KL(p(x) || p(x'))`` over ``x'`` in the threat model (TRADES / Fisher inner max).
+    """Maximize ``KL(p(x_ref) || p(x'))`` over ``x'`` in the threat model (TRADES / Fisher
+    inner max).
 
     ``init="normal"`` starts at ``x + init_std * N(0, 1)`` (TRADES); ``"uniform"`` at a uniform
-    point of the ball (Fisher regularizer). Returns a detached ``x_adv``.
+    point of the ball (Fisher regularizer). ``reference="clean"``: ``x_ref = x``; ``"start"``:
+    ``x_ref`` is the starting point (the Fisher authors' solver). Returns a detached ``x_adv``.
     """
     with inner_max(raw_model, mode) as m:
-        with torch.no_grad():
-            logp_clean = F.log_softmax(m(x), dim=1)
         if init == "normal":
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x_init: Tensor | None = x + init_std * noise
+            x_init: Tensor = x + init_std * noise
         else:
             x_init = threat.random_start(x, generator)
+        with torch.no_grad():
+            logp_clean = F.log_softmax(m(x_init if reference == "start" else x), dim=1)
 
         def kl_to_clean(logits: Tensor, _y: Tensor) -> Tensor:
             return kl_per_sample(logp_clean, logits)

@@ -116,6 +116,9 @@ def build_model(cfg: Config) -> nn.Module:
         kw["norm"] = cfg.model.norm
     if cfg.model.act is not None:
         kw["act"] = cfg.model.act
+    if cfg.model.bn_momentum is not None:
+        kw["bn_momentum"] = cfg.model.bn_momentum
+    kw["input_norm"] = cfg.model.input_norm
     return create_model(cfg.model.name, dataset=cfg.data.dataset, **kw)
 
 
