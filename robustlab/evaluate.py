@@ -168,6 +168,7 @@ def robust_evaluate(
     keep_adv: bool = False,
     name: str | None = None,
     use_channels_last: bool | None = None,
+    sharding: Any = None,
 ) -> RobustEvaluation:
     """Clean and robust accuracy of ``model`` on ``x`` (uint8 or float in [0, 1]) and ``y``.
 
@@ -177,6 +178,9 @@ def robust_evaluate(
     and robust correctness, the attack that broke the point and the perturbation norm.
     ``use_channels_last`` (default: for image batches) runs convolutions in channels_last
     memory format, about 10% faster on the TRADES SmallCNN on a CPU (bench/bench_attacks.py).
+    ``sharding`` (a :class:`~robustlab.attacks.autoattack.Sharding`, distributed evaluation)
+    spreads each attack's batches over the ranks; every rank returns the same result, equal to
+    one process's with the same seed and batch size.
     """
     from robustlab.attacks import Attack, Ensemble
 
@@ -202,6 +206,7 @@ def robust_evaluate(
         ens.batch_size, ens.progress = bs, progress
     else:
         ens = Ensemble([(label, attack)], batch_size=bs, progress=progress)
+    ens.sharding = sharding
     xf = _as_float_batch(x, dev)
     yd = y.to(dev).long()
     cl = x.dim() == 4 if use_channels_last is None else use_channels_last
@@ -268,6 +273,7 @@ def eps_sweep(
     progress: bool = False,
     keep_adv_at: float | None = None,
     name: str | None = None,
+    sharding: Any = None,
     **attack_kw: Any,
 ) -> list[RobustEvaluation]:
     """Robust accuracy at each eps in ``eps_values``, in that order.
@@ -275,6 +281,7 @@ def eps_sweep(
     ``attack`` is a registered name (built at each eps with ``norm`` and ``attack_kw``) or a
     mapping ``{eps: Attack}`` of attacks already built. ``keep_adv_at`` keeps the adversarial
     images at that eps only. Progress names each eps on stderr when there are several.
+    ``sharding``: distributed evaluation (see :func:`robust_evaluate`).
     """
     import sys
 
@@ -293,7 +300,9 @@ def eps_sweep(
             print(f"eps {eps:.6g}:", file=sys.stderr)
         keep = keep_adv_at is not None and eps == keep_adv_at
         out.append(
-            robust_evaluate(model, x, y, atk, batch_size, device, progress, keep, name=label)
+            robust_evaluate(
+                model, x, y, atk, batch_size, device, progress, keep, name=label, sharding=sharding
+            )
         )
     return out
 

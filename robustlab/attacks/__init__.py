@@ -15,6 +15,7 @@ from robustlab.attacks.base import (
 )
 from robustlab.attacks.core import ce_loss, dlr_loss, get_loss, margin_loss, perturb_iterative
 from robustlab.attacks.fab import FAB, BoundaryResult, FABTargeted, boundary_search
+from robustlab.attacks.fast import MALTAPGDT, FastAttack
 from robustlab.attacks.fgsm import FGSM, fgsm
 from robustlab.attacks.margins import MarginResult, minimum_norm_margins, robust_accuracy_curve
 from robustlab.attacks.pgd import PGD, pgd
@@ -51,6 +52,8 @@ __all__ = [
     "apgd",
     "apgd_targeted",
     "AutoAttack",
+    "FastAttack",
+    "MALTAPGDT",
     "Ensemble",
     "EnsembleResult",
     "FAB",

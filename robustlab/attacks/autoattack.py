@@ -22,6 +22,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -41,7 +42,7 @@ from robustlab.attacks.base import (
 from robustlab.attacks.threat import ThreatModel
 from robustlab.errors import RobustlabError
 
-__all__ = ["Ensemble", "EnsembleResult", "AutoAttack", "PRESETS", "VERSIONS"]
+__all__ = ["Ensemble", "EnsembleResult", "AutoAttack", "PRESETS", "VERSIONS", "Sharding"]
 
 Entry = tuple[str, dict[str, Any]]
 
@@ -103,6 +104,34 @@ def _predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=x.device)
 
 
+@dataclass
+class Sharding:
+    """Distributed evaluation: this process is ``rank`` of ``world``; ``all_gather(obj)``
+    returns every rank's ``obj`` in rank order (e.g. ``torch.distributed.all_gather_object``)."""
+
+    rank: int
+    world: int
+    all_gather: Callable[[Any], list[Any]]
+
+    def gather_chunks(self, mine: dict[int, Tensor], device: torch.device) -> dict[int, Tensor]:
+        """Every rank's chunk results (keyed by chunk start), on ``device``."""
+        local = {k: v.detach().cpu() for k, v in mine.items()}
+        merged: dict[int, Tensor] = {}
+        for part in self.all_gather(local):
+            merged.update({k: v.to(device) for k, v in part.items()})
+        return merged
+
+
+def _stage_record(label: str, n_in: int, n_out: int, n: int, t0: float) -> dict[str, Any]:
+    return {
+        "attack": label,
+        "attacked": n_in,
+        "broken": n_in - n_out,
+        "robust_accuracy_after": n_out / n if n else 0.0,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
 class Ensemble(Attack):
     """Run ``attacks`` (a list of ``(label, Attack)``) in order on the still-robust points.
 
@@ -136,6 +165,7 @@ class Ensemble(Attack):
         self.batch_size = batch_size
         self.progress = progress
         self.skipped: list[str] = []
+        self.sharding: Sharding | None = None  # set by distributed evaluation
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
         return self._run(model, x, y).x_adv
@@ -171,28 +201,17 @@ class Ensemble(Attack):
                 if r:
                     attack.seed = (seed0 or 0) + r
                 try:
-                    chunks = range(0, todo.numel(), bs)
                     desc = label if reps == 1 else f"{label} ({r + 1}/{reps})"
-                    for s in tqdm(chunks, desc=desc, unit="batch", disable=not self.progress):
-                        idx = todo[s : s + bs]
-                        adv = attack(model, x[idx], y[idx])
-                        wrong = _predict(model, adv, bs) != y[idx]
-                        hit = idx[wrong]
-                        x_adv[hit] = adv[wrong]
-                        robust[hit] = False
-                        broken_by[hit] = ai
+                    fn = partial(attack, model)
+                    adv = self.run_chunks(fn, x, y, todo, desc)
+                    wrong = _predict(model, adv, bs) != y[todo]
+                    hit = todo[wrong]
+                    x_adv[hit] = adv[wrong]
+                    robust[hit] = False
+                    broken_by[hit] = ai
                 finally:
                     attack.seed = seed0
-            n_out = int(robust.sum())
-            per_attack.append(
-                {
-                    "attack": label,
-                    "attacked": n_in,
-                    "broken": n_in - n_out,
-                    "robust_accuracy_after": n_out / n if n else 0.0,
-                    "seconds": time.perf_counter() - t0,
-                }
-            )
+            per_attack.append(_stage_record(label, n_in, int(robust.sum()), n, t0))
         return EnsembleResult(
             x_adv=x_adv,
             clean_correct=clean,
@@ -202,6 +221,33 @@ class Ensemble(Attack):
             per_attack=per_attack,
             skipped=list(self.skipped),
         )
+
+    def run_chunks(
+        self,
+        fn: Callable[[Tensor, Tensor], Tensor],
+        x: Tensor,
+        y: Tensor,
+        todo: Tensor,
+        desc: str,
+    ) -> Tensor:
+        """``fn(x[idx], y[idx])`` on the chunks ``idx`` of ``todo`` (``batch_size`` points
+        each); the results, concatenated in ``todo``'s order.
+
+        With :attr:`sharding` (distributed evaluation), chunk ``c`` runs on rank ``c % world``
+        and the results are gathered on every rank: the chunks and their seeds are those of a
+        single process, so the outcome is the same.
+        """
+        bs = self.batch_size or max(todo.numel(), 1)
+        starts = list(range(0, todo.numel(), bs))
+        sh = self.sharding
+        mine = starts if sh is None else starts[sh.rank :: sh.world]
+        out: dict[int, Tensor] = {}
+        for s in tqdm(mine, desc=desc, unit="batch", disable=not self.progress):
+            idx = todo[s : s + bs]
+            out[s] = fn(x[idx], y[idx])
+        if sh is not None:
+            out = sh.gather_chunks(out, x.device)
+        return torch.cat([out[s] for s in starts]) if starts else x[:0].clone()
 
     def __repr__(self) -> str:
         return f"Ensemble({[a for a, _ in self.attacks]}, {self.threat!r})"

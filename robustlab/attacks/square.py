@@ -23,7 +23,19 @@ from robustlab.attacks.fab import hard_margin
 from robustlab.attacks.threat import ThreatModel
 from robustlab.errors import RobustlabError
 
-__all__ = ["Square", "p_schedule", "pseudo_gaussian_pattern"]
+__all__ = ["Square", "bf16_native", "p_schedule", "pseudo_gaussian_pattern"]
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Does ``device`` compute bf16 natively (CUDA with bf16, or a CPU with AMX or AVX-512
+    BF16 as oneDNN reports it)?"""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
 
 # Published schedule: p halves at these fractions (in 1/10000 of the query budget).
 _P_BOUNDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -126,6 +138,11 @@ class Square(Attack):
         rescale_schedule: map the schedule's breakpoints to ``n_queries`` (True, the
             reference's standalone default) or count raw iterations (False: what AutoAttack
             uses, ``resc_schedule=False`` in the reference).
+        precision: ``"float32"``; ``"bf16"`` runs the queries under bf16 autocast and re-checks
+            in float32 every query that crossed the boundary (a success counts only if it holds
+            in float32; otherwise its float32 margin is kept), about 0.55x the float32 time per
+            query on CPUs with AMX / AVX-512 BF16; ``"auto"``: bf16 where the CPU or GPU has
+            native bf16, else float32.
         seed: all random choices.
     """
 
@@ -141,6 +158,7 @@ class Square(Attack):
         p_init: float = 0.8,
         rescale_schedule: bool = True,
         seed: int | None = 0,
+        precision: str = "float32",
     ) -> None:
         threat = resolve_threat(threat, eps, norm)
         if threat.name not in ("linf", "l2"):
@@ -149,9 +167,12 @@ class Square(Attack):
             raise RobustlabError(f"n_queries must be a positive integer, got {n_queries!r}")
         if not 0.0 < p_init <= 1.0:
             raise RobustlabError(f"p_init must be in (0, 1], got {p_init!r}")
+        if precision not in ("float32", "bf16", "auto"):
+            raise RobustlabError(f"precision must be float32, bf16 or auto, got {precision!r}")
         super().__init__(threat, seed)
         self.n_queries, self.p_init = int(n_queries), float(p_init)
         self.rescale_schedule = bool(rescale_schedule)
+        self.precision = precision
         self.queries: Tensor | None = None  # per-sample queries used by the last call
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
@@ -159,6 +180,9 @@ class Square(Attack):
             raise RobustlabError(f"square needs images (N, C, H, W), got shape {tuple(x.shape)}")
         if min(x.shape[2], x.shape[3]) < 2:
             raise RobustlabError("square needs images at least 2 pixels high and wide")
+        self._bf16 = self.precision == "bf16" or (
+            self.precision == "auto" and bf16_native(x.device)
+        )
         with torch.inference_mode():  # cheaper per query than no_grad; 5000 queries add up
             x_adv, queries = self._run(model, x, y, generator)
         self.queries = queries.clone()
@@ -180,7 +204,7 @@ class Square(Attack):
         xs, ys, eps = x[todo], y[todo], eps_all[todo]
         linf = self.threat.name == "linf"
         x_best = self._init_linf(xs, eps, gen) if linf else self._init_l2(xs, eps, gen)
-        m_best = hard_margin(model(x_best), ys)
+        m_best = self._margin(model, x_best, ys)
         q = torch.ones(xs.shape[0], dtype=torch.long, device=x.device)
         idx = (m_best > 0).nonzero().squeeze(1)
         for it in range(1, self.n_queries):
@@ -194,7 +218,7 @@ class Square(Attack):
                 x_new = self._step_linf(xi, bi, ei, p, gen)
             else:
                 x_new = self._step_l2(xi, bi, ei, p, gen)
-            m_new = hard_margin(model(x_new), ys if full else ys[idx])
+            m_new = self._margin(model, x_new, ys if full else ys[idx])
             if full:
                 q += 1
                 better = m_new < m_best
@@ -210,6 +234,17 @@ class Square(Attack):
         x_adv[todo] = x_best
         queries[todo] = q
         return x_adv, queries
+
+    def _margin(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """Margins of queries ``x``; under bf16, rows that crossed are re-checked in float32."""
+        if not getattr(self, "_bf16", False):
+            return hard_margin(model(x), y)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            m = hard_margin(model(x).float(), y)
+        crossed = (m <= 0).nonzero().squeeze(1)
+        if crossed.numel():
+            m[crossed] = hard_margin(model(x[crossed]).float(), y[crossed])
+        return m
 
     # ---------------------------------------------------------------- Linf
     @staticmethod

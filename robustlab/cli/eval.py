@@ -59,7 +59,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="with --run: which weights (default best)",
     )
     p.add_argument("--data-dir", default=None, help="data root (default: $ROBUSTLAB_DATA/cache)")
-    p.add_argument("--n", type=int, default=None, help="evaluate the first N test images")
+    p.add_argument(
+        "--n",
+        "--num-images",
+        dest="n",
+        type=int,
+        default=None,
+        help="evaluate the first N test images (--num-images under torchrun)",
+    )
     p.add_argument(
         "--batch-size",
         type=int,
@@ -298,7 +305,12 @@ def run(args: argparse.Namespace) -> int:
         if given or _attack_kwargs(args):
             raise RobustlabError("attack options need --attack (e.g. --attack pgd --eps 0.3)")
 
-    device = resolve_device(args.device)
+    from robustlab.cli import eval_dist
+
+    dist_info = eval_dist.distributed(args.device)
+    device = dist_info.device if dist_info else resolve_device(args.device)
+    if dist_info and not dist_info.is_main:
+        args.quiet = True
     model, dataset, source = _load(args)
     split = load_split(dataset, "test", root=args.data_dir)
     total = len(split)
@@ -308,9 +320,12 @@ def run(args: argparse.Namespace) -> int:
     x, y = split.images[:n], split.labels[:n]
     bs = args.batch_size or default_batch_size(device)
     if not attacking:
+        if dist_info and not dist_info.is_main:
+            return 0
         return _clean_only(args, model, dataset, source, x, y, bs, device)
 
-    run_dir = _run_dir(args)
+    sharding = eval_dist.sharding(dist_info) if dist_info else None
+    run_dir = eval_dist.shared_run_dir(_run_dir(args)) if dist_info else _run_dir(args)
     out = EvalDir(run_dir)
     model.to(device)
     results = eps_sweep(
@@ -324,7 +339,10 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         keep_adv_at=main_eps if args.save_adv is not None else None,
         name=args.attack.lower(),
+        sharding=sharding,
     )
+    if dist_info and not dist_info.is_main:
+        return 0  # rank 0 alone checks, writes and prints
     main = results[eps_list.index(main_eps)]
     sanity = (
         args.sanity if args.sanity is not None else args.attack.lower().startswith("autoattack")

@@ -1,0 +1,208 @@
+"""The ``fast`` evaluation preset: AutoAttack-strength robust accuracy at a fraction of its cost.
+
+One job: the ``fast`` ensemble and its MALT-targeted APGD-T (``apgd-t-malt``). Stages, each on
+the points still robust (like every :class:`~robustlab.attacks.autoattack.Ensemble`):
+
+1. ``apgd-ce``: APGD with cross-entropy, 100 steps (as in AutoAttack standard).
+2. ``apgd-t-malt``: targeted APGD (targeted DLR loss, 100 steps) against the ``n_targets``
+   (3) classes ranked first by MALT's criterion (Melamed, Yehudai & Shamir 2024): the
+   linearised distance to class ``k``'s boundary, ``(z_y - z_k) / ||grad(z_y - z_k)||_*``
+   (``*`` the dual norm of the threat model), instead of AutoAttack's logit order over 9
+   targets. The candidates are the ``candidates`` (20) most likely other classes.
+3. ``square-close``: Square (5000 queries, as in AutoAttack) only on the ``square_fraction``
+   (a fifth) of the surviving points that the white-box stages brought closest to the boundary
+   (smallest DLR-normalised margin ``(z_y - max_{k != y} z_k) / (z_pi1 - z_pi3)`` at the best
+   point found), in the spirit of A3's dropping of hopeless points (Liu et al. CVPR 2022).
+   ``square_precision="bf16"`` runs Square's queries under bf16 autocast and re-checks
+   every success in float32 (see :class:`~robustlab.attacks.square.Square`).
+
+No FAB-T stage. When to use which: AutoAttack standard for numbers compared with the
+literature; ``fast`` for model selection, sweeps and monitoring, where it was measured at
+least as strong as AutoAttack standard on every model of ``bench/bench_eval.py`` at a fifth of
+its time or less (see docs/evaluation.md). It is not a replacement for adaptive attacks.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from robustlab.attacks.apgd import apgd
+from robustlab.attacks.autoattack import Ensemble, EnsembleResult, _stage_record
+from robustlab.attacks.base import Attack, register_attack, resolve_threat
+from robustlab.attacks.core import subset_threat
+from robustlab.attacks.square import Square
+from robustlab.attacks.threat import L1, ThreatModel
+from robustlab.errors import RobustlabError
+
+__all__ = ["FastAttack", "MALTAPGDT", "malt_targets", "normalized_margin"]
+
+
+def malt_targets(
+    model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, n_targets: int, candidates: int
+) -> Tensor:
+    """(N, n_targets) target classes, nearest first by MALT's linearised boundary distance
+    ``(z_y - z_k) / ||grad_x z_y - grad_x z_k||_*`` over the ``candidates`` most likely other
+    classes (one forward pass, one backward pass per candidate rank)."""
+    xr = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(xr)
+        k = logits.shape[1]
+        cand = min(candidates, k - 1)
+        z = logits.detach().scatter(1, y[:, None], float("-inf"))
+        order = z.argsort(1, descending=True)[:, :cand]  # (N, cand)
+        z_y = logits.gather(1, y[:, None]).squeeze(1)
+        dist = torch.empty(x.shape[0], cand, device=x.device)
+        for j in range(cand):
+            diff = z_y - logits.gather(1, order[:, j : j + 1]).squeeze(1)
+            (g,) = torch.autograd.grad(diff.sum(), xr, retain_graph=j + 1 < cand)
+            dn = threat.dual_norm(g).clamp_min(1e-12)
+            dist[:, j] = diff.detach() / dn
+    pick = dist.argsort(1)[:, : min(n_targets, cand)]
+    return order.gather(1, pick)
+
+
+def normalized_margin(logits: Tensor, y: Tensor) -> Tensor:
+    """``(z_y - max_{k != y} z_k) / (z_pi1 - z_pi3)`` (the DLR scale; negative = wrong)."""
+    s, _ = logits.sort(dim=1)
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
+    return (z_y - other) / (s[:, -1] - s[:, -3] + 1e-12)
+
+
+@register_attack("apgd-t-malt")
+class MALTAPGDT(Attack):
+    """Targeted APGD (targeted DLR, ``steps``) against the ``n_targets`` MALT-ranked classes,
+    all targets of a point side by side; a point leaves at its first success."""
+
+    name = "apgd-t-malt"
+
+    def __init__(
+        self,
+        eps: float | str | Tensor | None = None,
+        norm: str = "linf",
+        threat: ThreatModel | None = None,
+        steps: int = 100,
+        n_targets: int = 3,
+        candidates: int = 20,
+        seed: int | None = 0,
+    ) -> None:
+        super().__init__(resolve_threat(threat, eps, norm), seed)
+        if isinstance(self.threat, L1):
+            raise RobustlabError("apgd-t-malt supports the linf and l2 threat models, not l1")
+        for name, v in (("steps", steps), ("n_targets", n_targets), ("candidates", candidates)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise RobustlabError(f"{name} must be a positive integer, got {v!r}")
+        self.steps, self.n_targets, self.candidates = steps, n_targets, candidates
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
+        n = x.shape[0]
+        if n == 0:
+            return x.clone()
+        with torch.no_grad():
+            if model(x[:1]).shape[1] < 4:
+                raise RobustlabError("apgd-t-malt needs at least 4 classes (targeted DLR)")
+        targets = malt_targets(model, x, y, self.threat, self.n_targets, self.candidates)
+        nt = targets.shape[1]
+        rows_x = x.repeat(nt, *([1] * (x.dim() - 1)))
+        res = apgd(
+            model,
+            rows_x,
+            y.repeat(nt),
+            subset_threat(self.threat, torch.arange(n, device=x.device).repeat(nt)),
+            steps=self.steps,
+            loss="dlr",
+            y_target=targets.T.reshape(-1),
+            generator=generator,
+            groups=torch.arange(n, device=x.device).repeat(nt),
+        )
+        hit = res.broken.reshape(nt, n)
+        score = torch.where(hit, float("inf"), res.loss_best.reshape(nt, n))
+        pick = score.argmax(0)
+        return res.x_adv.reshape(nt, n, *x.shape[1:])[pick, torch.arange(n, device=x.device)]
+
+
+def _logits(model: nn.Module, x: Tensor, bs: int) -> Tensor:
+    with torch.no_grad():
+        return torch.cat([model(x[s : s + bs]) for s in range(0, x.shape[0], bs)])
+
+
+@register_attack("fast")
+class FastAttack(Ensemble):
+    """The ``fast`` preset (see the module docstring); ``steps``, ``n_targets``, ``n_queries``,
+    ``square_fraction`` and ``square_precision`` ("float32" or "bf16") are its knobs."""
+
+    name = "fast"
+
+    def __init__(
+        self,
+        eps: float | str | Tensor | None = None,
+        norm: str = "linf",
+        threat: ThreatModel | None = None,
+        steps: int = 100,
+        n_targets: int = 3,
+        n_queries: int = 5000,
+        square_fraction: float = 0.2,
+        square_precision: str = "bf16",
+        seed: int | None = 0,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> None:
+        from robustlab.attacks.apgd import APGD
+
+        th = resolve_threat(threat, eps, norm)
+        if not (isinstance(square_fraction, (int, float)) and 0.0 <= square_fraction <= 1.0):
+            raise RobustlabError(f"square_fraction must be in [0, 1], got {square_fraction!r}")
+        attacks: list[tuple[str, Attack]] = [
+            ("apgd-ce", APGD(threat=th, steps=steps, loss="ce", seed=seed)),
+            ("apgd-t-malt", MALTAPGDT(threat=th, steps=steps, n_targets=n_targets, seed=seed)),
+        ]
+        if square_fraction > 0:
+            sq = Square(threat=th, n_queries=n_queries, seed=seed, precision=square_precision)
+            attacks.append(("square-close", sq))
+        super().__init__(attacks, th, seed, batch_size, None, progress)
+        self.square_fraction = float(square_fraction)
+
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor) -> EnsembleResult:
+        n = x.shape[0]
+        bs = self.batch_size or max(n, 1)
+        logits = _logits(model, x, bs)
+        clean = logits.argmax(1) == y
+        robust = clean.clone()
+        margin = normalized_margin(logits, y)
+        broken_by = torch.full((n,), -1, dtype=torch.long, device=x.device)
+        x_adv = x.clone()
+        per_attack: list[dict[str, Any]] = []
+        for ai, (label, attack) in enumerate(self.attacks):
+            t0 = time.perf_counter()
+            n_in = int(robust.sum())
+            todo = robust.nonzero().squeeze(1)
+            if label == "square-close" and todo.numel():
+                k = math.ceil(self.square_fraction * todo.numel())
+                todo = todo[margin[todo].argsort(stable=True)[:k]].sort().values
+            if todo.numel():
+                adv = self.run_chunks(partial(attack, model), x, y, todo, label)
+                z = _logits(model, adv, bs)
+                wrong = z.argmax(1) != y[todo]
+                margin[todo] = torch.minimum(margin[todo], normalized_margin(z, y[todo]))
+                hit = todo[wrong]
+                x_adv[hit] = adv[wrong]
+                robust[hit] = False
+                broken_by[hit] = ai
+            per_attack.append(_stage_record(label, n_in, int(robust.sum()), n, t0))
+        return EnsembleResult(
+            x_adv=x_adv,
+            clean_correct=clean,
+            robust_correct=robust,
+            broken_by=broken_by,
+            attacks=[a for a, _ in self.attacks],
+            per_attack=per_attack,
+        )
+
+    def __repr__(self) -> str:
+        return f"FastAttack({self.threat!r}, {[a for a, _ in self.attacks]})"
