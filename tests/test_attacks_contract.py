@@ -45,6 +45,8 @@ ATTACKS = {
     "apgd-ce": {"steps": 6, "restarts": 2},
     "apgd-dlr": {"steps": 6},
     "apgd-t": {"steps": 6, "n_targets": 3},
+    "apgd-t-malt": {"steps": 6, "n_targets": 2},
+    "fast": {"steps": 4, "n_targets": 2, "n_queries": 30, "square_fraction": 0.5},
     "autoattack": {
         "attacks": [("apgd-ce", {"steps": 4}), ("apgd-t", {"steps": 4, "n_targets": 2})]
     },

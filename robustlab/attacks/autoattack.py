@@ -51,13 +51,16 @@ PRESETS: dict[str, list[Entry]] = {
         ("apgd-ce", {"steps": 100, "restarts": 1}),
         ("apgd-t", {"steps": 100, "n_targets": 9, "restarts": 1}),
         ("fab-t", {"steps": 100, "n_target_classes": 9, "restarts": 1}),
-        ("square", {"n_queries": 5000, "rescale_schedule": False}),
+        ("square", {"n_queries": 5000, "rescale_schedule": False, "precision": "auto"}),
     ],
     "plus": [
         ("apgd-ce", {"steps": 100, "restarts": 5}),
         ("apgd-dlr", {"steps": 100, "restarts": 5}),
         ("fab", {"steps": 100, "restarts": 5}),
-        ("square", {"n_queries": 5000, "rescale_schedule": False, "_repeats": 5}),
+        (
+            "square",
+            {"n_queries": 5000, "rescale_schedule": False, "precision": "auto", "_repeats": 5},
+        ),
         ("apgd-t", {"steps": 100, "n_targets": 9, "restarts": 1}),
         ("fab-t", {"steps": 100, "n_target_classes": 9, "restarts": 1}),
     ],

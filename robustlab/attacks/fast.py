@@ -148,7 +148,7 @@ class FastAttack(Ensemble):
         n_targets: int = 3,
         n_queries: int = 5000,
         square_fraction: float = 0.2,
-        square_precision: str = "bf16",
+        square_precision: str = "auto",
         seed: int | None = 0,
         batch_size: int | None = None,
         progress: bool = False,
@@ -163,7 +163,13 @@ class FastAttack(Ensemble):
             ("apgd-t-malt", MALTAPGDT(threat=th, steps=steps, n_targets=n_targets, seed=seed)),
         ]
         if square_fraction > 0:
-            sq = Square(threat=th, n_queries=n_queries, seed=seed, precision=square_precision)
+            sq = Square(
+                threat=th,
+                n_queries=n_queries,
+                rescale_schedule=False,  # as in AutoAttack
+                seed=seed,
+                precision=square_precision,
+            )
             attacks.append(("square-close", sq))
         super().__init__(attacks, th, seed, batch_size, None, progress)
         self.square_fraction = float(square_fraction)

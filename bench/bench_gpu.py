@@ -1,0 +1,282 @@
+"""GPU benchmark (one command, at most ~8 minutes on one H100/H200): CIFAR-10 PreActResNet-18.
+
+1. Fast-AT (Wong, Rice & Kolter 2020: FGSM from a uniform random start, step 10/255, eps 8/255,
+   cyclic learning rate to 0.2, SGD momentum 0.9, weight decay 5e-4, batch 512, random crop and
+   flip) under bf16 autocast with channels_last, then PGD-50 (step 2/255, random start) robust
+   accuracy on the first --n-pgd test images. Wong et al. reached 45% in 15 epochs of all 50,000
+   training images; with fewer training batches (--train-batches) expect less: the output says
+   how many images were used.
+2. One PGD-10 AT epoch (eps 8/255, step 2/255) of the trained model: images/s in float32 NCHW,
+   float32 channels_last and bf16 channels_last (a few timed steps each, then the full epoch in
+   the fastest setting).
+3. Evaluations on the first --n-eval test images: robustlab's AutoAttack standard, the ``fast``
+   preset, and the reference AutoAttack when the ``autoattack`` package is installed; time and
+   robust accuracy of each.
+
+Data: --data-dir holds CIFAR-10's binary batches (data_batch_1.bin ... and test_batch.bin);
+--train-batches says how many data_batch_*.bin to use (the script uses the ones present, up to
+that number). Every stage checks the remaining --budget-s and is skipped (and reported as
+skipped) when it would not fit. Writes --out (JSON) after every stage.
+
+Usage: python bench/bench_gpu.py --data-dir DIR --train-batches 1 --out $OUT/gpu.json
+       python bench/bench_gpu.py --device cpu --tiny   (every code path, small, on a CPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_info, machine_line  # noqa: E402
+
+from robustlab.attacks import PGD, AutoAttack, create_attack  # noqa: E402
+from robustlab.data.formats import parse_cifar_binary  # noqa: E402
+from robustlab.evaluate import robust_evaluate  # noqa: E402
+from robustlab.io import write_json  # noqa: E402
+from robustlab.models import create_model  # noqa: E402
+from robustlab.objectives import StepState, create_objective  # noqa: E402
+
+EPS = 8 / 255
+
+
+def load_cifar(data_dir: Path, train_batches: int, device: torch.device) -> dict[str, Any]:
+    files = [data_dir / f"data_batch_{i}.bin" for i in range(1, train_batches + 1)]
+    present = [f for f in files if f.is_file()]
+    if not present or not (data_dir / "test_batch.bin").is_file():
+        raise SystemExit(f"{data_dir}: need data_batch_1.bin and test_batch.bin")
+    xs, ys = [], []
+    for f in present:
+        x, y = parse_cifar_binary(f.read_bytes(), f)
+        xs.append(torch.from_numpy(x))
+        ys.append(torch.from_numpy(y))
+    xt, yt = parse_cifar_binary((data_dir / "test_batch.bin").read_bytes(), data_dir)
+    return {
+        "train_x": torch.cat(xs).to(device),
+        "train_y": torch.cat(ys).long().to(device),
+        "test_x": torch.from_numpy(xt).to(device),
+        "test_y": torch.from_numpy(yt).long().to(device),
+        "train_files": [f.name for f in present],
+    }
+
+
+def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """uint8 (N, 3, 32, 32) -> float in [0, 1], random 4-pixel-padded crop and flip."""
+    n = x.shape[0]
+    xf = F.pad(x.float() / 255.0, (4, 4, 4, 4))
+    i = torch.randint(0, 9, (n,), generator=g, device=x.device)
+    j = torch.randint(0, 9, (n,), generator=g, device=x.device)
+    ar = torch.arange(32, device=x.device)
+    ni = torch.arange(n, device=x.device)[:, None, None]
+    rows = (i[:, None] + ar)[:, :, None]
+    cols = (j[:, None] + ar)[:, None, :]
+    out = xf.permute(0, 2, 3, 1)[ni, rows, cols].permute(0, 3, 1, 2)
+    flip = torch.rand(n, generator=g, device=x.device) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _autocast(dev: torch.device, bf16: bool) -> Any:
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def train_epochs(model, obj, data, epochs, bs, lr_max, dev, bf16, deadline) -> dict[str, Any]:
+    """Fast-AT / PGD-AT epochs with a cyclic (triangular) learning rate; returns timing."""
+    n = data["train_x"].shape[0]
+    steps_per_epoch = n // bs
+    total = epochs * steps_per_epoch
+    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=5e-4)
+    g = torch.Generator(device=dev).manual_seed(0)
+    state = StepState(raw_model=model, epochs=epochs, generator=g, steps_per_epoch=steps_per_epoch)
+    step, done, t0 = 0, 0, time.perf_counter()
+    for epoch in range(epochs):
+        if time.perf_counter() > deadline:
+            break
+        perm = torch.randperm(n, generator=g, device=dev)
+        model.train()
+        for s in range(steps_per_epoch):
+            idx = perm[s * bs : (s + 1) * bs]
+            x = augment(data["train_x"][idx], g).contiguous(memory_format=torch.channels_last)
+            y = data["train_y"][idx]
+            t = step / max(total, 1)
+            for group in opt.param_groups:  # triangular: 0 -> lr_max at 2/5 -> 0
+                group["lr"] = lr_max * (t / 0.4 if t < 0.4 else (1 - t) / 0.6)
+            state.epoch, state.step = epoch, step
+            with _autocast(dev, bf16):
+                loss, _ = obj(model, x, y, idx, state)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+        done += 1
+    _sync(dev)
+    sec = time.perf_counter() - t0
+    return {"epochs_done": done, "epochs_planned": epochs, "steps": step, "seconds": round(sec, 1),
+            "images_per_s": round(step * bs / max(sec, 1e-9), 1)}  # fmt: skip
+
+
+def step_throughput(model, obj, data, bs, dev, cl, bf16, steps) -> float:
+    """Images/s of ``steps`` PGD-AT training steps (after one warm-up step)."""
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    g = torch.Generator(device=dev).manual_seed(1)
+    state = StepState(raw_model=model, epochs=1, generator=g)
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    model.to(memory_format=fmt).train()
+    t0 = 0.0
+    for s in range(steps + 1):
+        if s == 1:
+            _sync(dev)
+            t0 = time.perf_counter()
+        idx = torch.randint(0, data["train_x"].shape[0], (bs,), generator=g, device=dev)
+        x = (data["train_x"][idx].float() / 255).contiguous(memory_format=fmt)
+        with _autocast(dev, bf16):
+            loss, _ = obj(model, x, data["train_y"][idx], idx, state)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    _sync(dev)
+    return steps * bs / (time.perf_counter() - t0)
+
+
+def evaluate(model, x, y, attack, bs, dev) -> dict[str, Any]:
+    _sync(dev)
+    r = robust_evaluate(model, x, y, attack, bs, dev)
+    _sync(dev)
+    return {"seconds": round(r.seconds, 2), "robust_accuracy": r.robust_accuracy,
+            "clean_accuracy": r.clean_accuracy,
+            "per_attack": [{k: (round(v, 3) if isinstance(v, float) else v)
+                            for k, v in p.items()} for p in r.per_attack]}  # fmt: skip
+
+
+def reference_aa(model, x, y, bs, dev) -> dict[str, Any]:
+    try:
+        from autoattack import AutoAttack as Ref
+    except ImportError:
+        return {"skipped": "the reference autoattack package is not installed here"}
+    import contextlib
+    import io
+
+    model.eval()
+    xf, yd = x.float() / 255.0, y
+    _sync(dev)
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        ref = Ref(model, norm="Linf", eps=EPS, version="standard", seed=0, device=dev)
+        adv = ref.run_standard_evaluation(xf, yd, bs=bs)
+    _sync(dev)
+    sec = time.perf_counter() - t0
+    with torch.no_grad():
+        acc = float((model(adv).argmax(1) == yd).float().mean())
+    return {"seconds": round(sec, 2), "robust_accuracy": acc}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", default="data/cifar-10-batches-bin")
+    ap.add_argument("--train-batches", type=int, default=1)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--epochs", type=int, default=None, help="Fast-AT epochs (default: 15 x 5 /"
+                    " train batches, at most 30)")  # fmt: skip
+    ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--n-pgd", type=int, default=1000)
+    ap.add_argument("--n-eval", type=int, default=500)
+    ap.add_argument("--budget-s", type=float, default=450.0)
+    ap.add_argument("--tiny", action="store_true", help="tiny sizes: test every path on a CPU")
+    ap.add_argument("--out", default="bench/results/gpu.json")
+    args = ap.parse_args()
+    start = time.perf_counter()
+    deadline = start + args.budget_s
+    dev = torch.device(args.device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    info = machine_info(dev)
+    print(machine_line(info), flush=True)
+    data = load_cifar(Path(args.data_dir), args.train_batches, dev)
+    if args.tiny:
+        data["train_x"], data["train_y"] = data["train_x"][:256], data["train_y"][:256]
+        args.batch_size, args.n_pgd, args.n_eval = 64, 16, 8
+    n_train = int(data["train_x"].shape[0])
+    epochs = args.epochs or (
+        1 if args.tiny else min(30, math.ceil(15 * 5 / len(data["train_files"])))
+    )
+    out: dict[str, Any] = {"benchmark": "gpu", "machine": info, "device": str(dev),
+                           "data": {"dir": args.data_dir, "train_files": data["train_files"],
+                                    "train_images": n_train, "tiny": args.tiny}}  # fmt: skip
+
+    def save(stage: str) -> None:
+        out["elapsed_s"] = round(time.perf_counter() - start, 1)
+        write_json(args.out, out)
+        print(f"[{out['elapsed_s']:.0f}s] {stage}: {out.get(stage)}", flush=True)
+
+    torch.manual_seed(0)
+    model = create_model("preact_resnet18", dataset="cifar10").to(dev)
+    model = model.to(memory_format=torch.channels_last)
+    fast_at = create_objective("fast_at", eps=EPS, step_size=10 / 255)
+    # Fast-AT gets the budget left after ~40% reserved for the later stages
+    fa_deadline = start + 0.55 * args.budget_s
+    fa = train_epochs(model, fast_at, data, epochs, args.batch_size, 0.2, dev, dev.type == "cuda"
+                      or args.tiny, fa_deadline)  # fmt: skip
+    fa.update(recipe="FGSM-RS step 10/255 eps 8/255, cyclic lr 0.2, bf16, channels_last")
+    model.eval()
+    xt, yt = data["test_x"][: args.n_pgd], data["test_y"][: args.n_pgd]
+    pgd50 = PGD(eps=EPS, steps=50, step_size=2 / 255, random_start=True, seed=0)
+    r = robust_evaluate(model, xt, yt, pgd50, 1000, dev)
+    fa.update(clean_accuracy=r.clean_accuracy, pgd50_accuracy=r.robust_accuracy, n_test=len(yt),
+              reached_45=r.robust_accuracy >= 0.45)  # fmt: skip
+    out["fast_at"] = fa
+    save("fast_at")
+
+    pgd10 = create_objective("pgd_at", eps=EPS, steps=10, step_size=2 / 255)
+    steps = 2 if args.tiny else 10
+    thr = {}
+    for name, cl, bf16 in (("fp32_nchw", False, False), ("fp32_channels_last", True, False),
+                           ("bf16_channels_last", True, True)):  # fmt: skip
+        if time.perf_counter() > deadline - 120:
+            thr[name] = "skipped (budget)"
+            continue
+        thr[name] = round(step_throughput(model, pgd10, data, 128 if args.tiny else 512, dev, cl,
+                                          bf16, steps), 1)  # fmt: skip
+    model.to(memory_format=torch.channels_last)
+    epoch = "skipped (budget)"
+    if time.perf_counter() < deadline - 100:
+        epoch = train_epochs(model, pgd10, data, 1, args.batch_size, 0.01, dev, True, deadline)
+    out["pgd10_at"] = {"images_per_s_by_setting": thr, "epoch_bf16_channels_last": epoch,
+                       "train_images": n_train}  # fmt: skip
+    save("pgd10_at")
+
+    model.eval()
+    xe, ye = data["test_x"][: args.n_eval], data["test_y"][: args.n_eval]
+    bs = 64 if args.tiny else 1000
+    ev: dict[str, Any] = {"n": int(len(ye))}
+    for name, make in (("robustlab_autoattack_standard", lambda: AutoAttack(eps=EPS)),
+                       ("robustlab_fast", lambda: create_attack("fast", eps=EPS))):  # fmt: skip
+        if time.perf_counter() > deadline - 30:
+            ev[name] = "skipped (budget)"
+            continue
+        ev[name] = evaluate(model, xe, ye, make(), bs, dev)
+        out["evaluation"] = ev
+        save("evaluation")
+    if time.perf_counter() < deadline - 60:
+        ev["reference_autoattack"] = reference_aa(model, xe, ye, bs, dev)
+    else:
+        ev["reference_autoattack"] = "skipped (budget)"
+    a, f = ev.get("robustlab_autoattack_standard"), ev.get("robustlab_fast")
+    if isinstance(a, dict) and isinstance(f, dict):
+        ev["fast_speedup_vs_standard"] = round(a["seconds"] / max(f["seconds"], 1e-9), 2)
+    out["evaluation"] = ev
+    save("evaluation")
+
+
+if __name__ == "__main__":
+    main()

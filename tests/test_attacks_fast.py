@@ -1,0 +1,81 @@
+"""The ``fast`` preset: MALT target ranking, Square on the closest points only, bf16 Square
+queries whose every success holds in float32."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from attack_models import linear_model
+from torch import nn
+
+from robustlab.attacks import FastAttack, create_attack, make_threat
+from robustlab.attacks.fast import malt_targets, normalized_margin
+from robustlab.attacks.square import Square
+from robustlab.models import create_model, load_checkpoint
+
+
+def test_malt_ranks_targets_by_linearised_distance_not_by_logit() -> None:
+    # A linear model: MALT's criterion is the exact Linf distance to each pairwise boundary,
+    # (z_y - z_k) / ||w_y - w_k||_1, which need not follow the logit order.
+    torch.manual_seed(0)
+    model = linear_model(30, 6, seed=2)
+    x = torch.rand(40, 30, dtype=torch.float64)
+    y = model(x).argmax(1)
+    th = make_threat("linf", 0.1)
+    got = malt_targets(model, x, y, th, n_targets=5, candidates=5)
+    w, z = model.weight.detach(), model(x).detach()
+    for i in range(40):
+        others = [k for k in range(6) if k != int(y[i])]
+        dist = {k: float((z[i, y[i]] - z[i, k]) / (w[y[i]] - w[k]).abs().sum()) for k in others}
+        assert got[i].tolist() == sorted(others, key=dist.get)
+    logit_order = z.scatter(1, y[:, None], float("-inf")).argsort(1, descending=True)[:, :5]
+    assert bool((got != logit_order).any())  # the ranking differs from logit order somewhere
+
+
+def test_normalized_margin_is_negative_exactly_when_misclassified() -> None:
+    z = torch.tensor([[3.0, 1.0, 0.0, -1.0], [0.0, 2.0, 1.0, 0.5]])
+    m = normalized_margin(z, torch.tensor([0, 0]))
+    assert m[0] == pytest.approx(2.0 / 3.0)  # (3 - 1) / (3 - 0)
+    assert m[1] == pytest.approx(-2.0 / 1.5)  # (0 - 2) / (2 - 0.5)
+
+
+@pytest.fixture(scope="module")
+def trades(trades_checkpoint: Path) -> nn.Module:
+    model = create_model("smallcnn", dataset="mnist")
+    load_checkpoint(model, trades_checkpoint)
+    return model.eval()
+
+
+def _mnist(shared_data: Path, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from robustlab.data import load_split
+
+    sp = load_split("mnist", "test", root=shared_data)
+    return sp.images[:n].float() / 255.0, sp.labels[:n].long()
+
+
+def test_bf16_square_successes_hold_in_float32(trades: nn.Module, shared_data: Path) -> None:
+    x, y = _mnist(shared_data, 16)
+    sq = Square(eps=0.4, n_queries=150, precision="bf16", seed=0)
+    adv = sq(trades, x, y)
+    stopped = sq.queries < 150  # the attack stopped these points: it claimed a success
+    with torch.no_grad():
+        wrong = trades(adv).argmax(1) != y
+        clean_ok = trades(x).argmax(1) == y
+    assert bool((stopped & clean_ok).any())  # not vacuous: some points broken at eps 0.4
+    assert bool(wrong[stopped & clean_ok].all())  # every claimed success is one in float32
+
+
+def test_fast_runs_square_only_on_the_closest_points(trades: nn.Module, shared_data) -> None:
+    x, y = _mnist(shared_data, 24)
+    atk = FastAttack(eps=0.3, steps=5, n_targets=2, n_queries=20, square_fraction=0.25)
+    res = atk.run(trades, x, y)
+    rec = {p["attack"]: p for p in res.per_attack}
+    assert list(rec) == ["apgd-ce", "apgd-t-malt", "square-close"]
+    survivors = rec["apgd-t-malt"]["attacked"] - rec["apgd-t-malt"]["broken"]
+    assert rec["square-close"]["attacked"] == survivors
+    assert isinstance(create_attack("fast", eps=0.3), FastAttack)
+    adv_dist = (res.x_adv - x).abs().flatten(1).amax(1)
+    assert float(adv_dist.max()) <= 0.3 + 1e-6
+    assert bool((res.robust_correct <= res.clean_correct).all())
