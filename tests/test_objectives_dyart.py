@@ -173,3 +173,29 @@ def test_bad_dyart_hyperparameters() -> None:
         create_objective("dyart", fab_eta=0.5)
     with pytest.raises(ConfigError, match=r"norm must be one of \['linf', 'l2'\]"):
         create_objective("dyart", norm="l1")
+
+
+def test_warm_starts_reuse_each_index_boundary_point(trained_mlp) -> None:
+    """A second step on the same dataset indices starts from the stored points and runs
+    ``warm_steps`` FAB iterations; its points are verified (phi <= 0) and, started at the
+    boundary, not farther than a fresh 10-step search's (FAB only keeps closer points)."""
+    model, x, y = trained_mlp
+    index = torch.arange(100, 100 + x.shape[0])
+    obj = create_objective("dyart", **loose(warm_steps=3))
+    first = obj.boundary_points(x, y, state(model, seed=1), index)
+    assert first.count > 10
+    assert obj._warm is not None and int(obj._warm["has"].sum()) == first.count
+    warm = obj.boundary_points(x, y, state(model, seed=2), index)
+    cold = create_objective("dyart", **loose(warm_start=False)).boundary_points(
+        x, y, state(model, seed=2), index
+    )
+    with torch.no_grad():
+        phi = soft_margin(model(warm.x_hat), y[warm.index], 5.0)
+    assert bool((phi <= 0).all())  # verified boundary crossings
+    both = [int(i) for i in set(warm.index.tolist()) & set(first.index.tolist())]
+    assert len(both) >= first.count // 2
+    r_first = dict(zip(first.index.tolist(), first.radius.tolist(), strict=True))
+    r_warm = dict(zip(warm.index.tolist(), warm.radius.tolist(), strict=True))
+    # a warm search starts at the stored point (stored in float16: relative error ~1e-3)
+    assert all(r_warm[i] <= r_first[i] * (1 + 2e-3) + 1e-6 for i in both)
+    assert warm.radius.mean() <= cold.radius.mean() * 1.05  # 5%: different random starts

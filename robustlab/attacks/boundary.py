@@ -210,6 +210,7 @@ def boundary_search(
     max_radius: float | Tensor | None = None,
     targeted_class: Tensor | None = None,
     refine_steps: int = 8,
+    x_init: Tensor | None = None,
 ) -> BoundaryResult:
     """Closest point (threat norm, inside [0, 1]) where ``phi(model(.), y)`` reaches zero.
 
@@ -230,6 +231,8 @@ def boundary_search(
         generator: the random source of the starts.
         max_radius: if given, a point only counts as found within this distance (float or (N,)).
         targeted_class: (N,) target labels: solve ``phi = z_y - z_t`` (FAB-T); excludes ``phi``.
+        x_init: (N, ...) where the first restart starts (a warm start, e.g. each sample's
+            boundary point of an earlier call), clipped to [0, 1]; later restarts as usual.
         refine_steps: regula-falsi steps on the segment from ``x`` to the best point (0 = plain
             FAB); each is one forward pass and keeps the point verified.
 
@@ -269,6 +272,8 @@ def boundary_search(
         tt = t_all[idx] if t_all is not None else None
         runs = _Restarts(steps, restarts, alpha_max, eta, beta, random_start, generator)
         radius = start_r[idx] if start_r is not None else None
+        if x_init is not None:
+            runs.init = x_init.detach().reshape(n, -1)[idx].clamp(0.0, 1.0)
         bx, bd = runs.solve(
             prob, xf_all[idx], y[idx], tt, best_x[idx], best_d[idx], radius, ref_eps[idx]
         )
@@ -324,6 +329,7 @@ class _Restarts:
     beta: float
     random_start: bool | None
     generator: torch.Generator | None
+    init: Tensor | None = None  # start of the first restart (warm start)
 
     def solve(
         self,
@@ -341,7 +347,9 @@ class _Restarts:
             if r > 0 and not use_rand:
                 break  # a deterministic restart would repeat the first one
             start = x0
-            if use_rand:
+            if r == 0 and self.init is not None:
+                start = self.init
+            elif use_rand:
                 rad = radius if radius is not None else torch.minimum(bd, ref_eps) / 2
                 start = (x0 + _sphere(prob.threat, x0, rad, self.generator)).clamp(0.0, 1.0)
             bx, bd = _fab_run(
