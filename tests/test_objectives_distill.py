@@ -127,10 +127,14 @@ def test_distill_loss_uses_cached_teacher_logits_per_index() -> None:
     )
     ref = 0.7 * kl + 0.3 * F.cross_entropy(zs, y)
     torch.testing.assert_close(loss, ref)
-    brief = create_objective("distill", teacher=teacher, tau=3.0, alpha=0.7, weighting="brief")
-    brief.setup(student, split, "cpu")
-    loss_b, _ = brief(student, x, y, idx, StepState(raw_model=student))
-    torch.testing.assert_close(loss_b, kl + 0.3 * F.cross_entropy(zs, y))
+    for name in ("full_kl", "brief"):  # "brief": the older name of full_kl
+        full = create_objective("distill", teacher=teacher, tau=3.0, alpha=0.7, weighting=name)
+        assert full.weighting == "full_kl"
+        full.setup(student, split, "cpu")
+        loss_b, _ = full(student, x, y, idx, StepState(raw_model=student))
+        torch.testing.assert_close(loss_b, kl + 0.3 * F.cross_entropy(zs, y))
+    with pytest.raises(ConfigError, match="weighting.*convex.*full_kl"):
+        create_objective("distill", teacher=teacher, weighting="brief-b")
 
 
 def test_hard_labels_reference_is_cross_entropy() -> None:

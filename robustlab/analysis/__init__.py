@@ -1,7 +1,8 @@
 """Analyses: functions from (model, data) to per-sample arrays and summary numbers.
 
-``logits`` (paper A), ``jacobian`` (paper B), ``fisher`` (paper C), ``margins`` and
-``dynamics`` (paper D). Figures are drawn from these arrays in :mod:`robustlab.report`.
+``logits`` (arXiv:2108.12001), ``jacobian`` (arXiv:2011.13538), ``fisher`` (arXiv:1906.02494),
+``margins`` and ``dynamics`` (arXiv:2302.03015); the papers are listed in the documentation's
+"Papers" page. Figures are drawn from these arrays in :mod:`robustlab.report`.
 """
 
 from robustlab.analysis.dynamics import (

@@ -1,6 +1,6 @@
-"""Decision-boundary dynamics (paper D): the speed at which the boundary moves relative to each
-point under a parameter velocity, in closed form, its finite-difference check, and the
-conflicting-dynamics statistic (fractions of positive and negative speeds per margin bin).
+"""Decision-boundary dynamics (arXiv:2302.03015): the speed at which the boundary moves
+relative to each point under a parameter velocity, in closed form, its finite-difference check,
+and the conflicting-dynamics statistic (fractions of positive and negative speeds per margin bin).
 
 With the margin function ``phi(x) = z_y - max_{k != y} z_k``, the margin ``R(x)`` is the
 distance to the closest boundary point ``x^`` (``phi(x^) = 0``). Under a parameter velocity

@@ -1,4 +1,4 @@
-"""Input-space Fisher information and the cross-class KL metric (paper C).
+"""Input-space Fisher information and the cross-class KL metric (Shi et al., arXiv:1906.02494).
 
 ``F(x) = sum_k p_k g_k g_k^T`` with ``g_k = grad_x log p_k(x)``. Writing ``A = diag(sqrt p) G``
 (K x d, rows ``sqrt(p_k) g_k``) gives ``F = A^T A``, whose non-zero spectrum equals that of the

@@ -1,4 +1,4 @@
-"""Input Jacobian of the logits (paper B): exact Frobenius norm (K backward passes), the
+"""Input Jacobian of the logits (arXiv:2011.13538): exact Frobenius norm (K backward passes), the
 random-projection estimate of Hoffman et al. (2019), and the spectral norm by power iteration.
 
 All functions work per sample on a batch in eval mode and return (N,) tensors on CPU. Samples

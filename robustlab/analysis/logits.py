@@ -1,4 +1,4 @@
-"""Logit statistics (paper A): per-sample max logit, gaps, confidence, entropy, their
+"""Logit statistics (arXiv:2108.12001): per-sample max logit, gaps, confidence, entropy, their
 true-class versions, bootstrap summaries, and the confidence disagreement of two models.
 
 Everything returns numpy arrays and plain numbers; figures are drawn in ``robustlab.report``.

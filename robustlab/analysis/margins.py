@@ -1,5 +1,5 @@
-"""Minimal-perturbation margins (paper D) in the analyses' dict form: per sample, the verified
-distance to the closest point of the decision boundary in a threat model's norm.
+"""Minimal-perturbation margins (arXiv:2302.03015) in the analyses' dict form: per sample, the
+verified distance to the closest point of the decision boundary in a threat model's norm.
 
 ``R(x) = min |x^ - x|_p subject to phi(x^) = 0`` with ``phi = z_y - max_{k != y} z_k``. One
 implementation: :func:`robustlab.attacks.margins.minimum_norm_margins` (the FAB boundary solver,

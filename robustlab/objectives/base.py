@@ -292,8 +292,9 @@ def uncertainty_loss(
 ) -> tuple[Tensor, Logs]:
     """Mean of ``CE_LS(z, y) - lambda * H(softmax z)`` with its parts for logging.
 
-    The loss of method brief B (reconstruction): label smoothing ``alpha`` and entropy
-    maximization ``lambda``; both 0 gives plain cross-entropy.
+    The uncertainty-promoting loss of Jin et al., arXiv:2011.13538 (the exact form is a
+    reconstruction): label smoothing ``alpha`` and entropy maximization ``lambda``; both 0
+    gives plain cross-entropy.
     """
     ce = smoothed_ce(logits, y, label_smoothing)
     loss = ce.mean()

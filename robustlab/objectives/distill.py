@@ -1,12 +1,15 @@
-"""Clean-input distillation from a (robust) teacher with manipulated logits (method brief A).
+"""Clean-input distillation from a (robust) teacher with manipulated logits.
 
-Reconstruction following "Adversarially Robust Distillation" (Goldblum et al. 2019), on clean
-inputs only. With student logits ``zS``, cached teacher logits ``zT`` and temperature ``tau``:
+The experiment of "Understanding the Logit Distributions of Adversarially-Trained Deep Neural
+Networks" (Seguin et al., arXiv:2108.12001); the loss is a reconstruction following
+"Adversarially Robust Distillation" (Goldblum et al., arXiv:1905.09747), on clean inputs only.
+With student logits ``zS``, cached teacher logits ``zT`` and temperature ``tau``:
 
 - ``weighting: convex`` (default): ``L = alpha tau^2 KL(softmax(zT/tau) || softmax(zS/tau))
   + (1 - alpha) CE(zS, y)``;
-- ``weighting: brief``: the formula as written in the brief, ``L = tau^2 KL(...) +
-  (1 - alpha) CE(zS, y)`` (the two agree at ``alpha = 1``, the default).
+- ``weighting: full_kl``: the KL term at full weight, ``L = tau^2 KL(...) +
+  (1 - alpha) CE(zS, y)`` (the two agree at ``alpha = 1``, the default). ``brief`` is an
+  older name of ``full_kl``, still accepted.
 
 ``teacher_view: clean`` (default): teacher logits are computed once in :meth:`Distill.setup`
 for every training index (eval mode, un-augmented images, batched) and looked up by the
@@ -52,6 +55,8 @@ __all__ = ["Distill", "teacher_logits", "distill_loss"]
 REFERENCES = ("standard_teacher", "hard_labels")
 CHOICES = MANIPULATIONS + REFERENCES
 NEEDS_STD = ("std_order", "standard_teacher")
+WEIGHTINGS = ("convex", "full_kl")
+WEIGHTING_ALIASES = {"brief": "full_kl"}  # older names, still accepted
 
 
 def distill_loss(
@@ -62,7 +67,7 @@ def distill_loss(
     logp = F.log_softmax(teacher / tau, dim=1)
     kl = (logp.exp() * (logp - logq)).sum(dim=1).mean() * tau**2
     ce = F.cross_entropy(student, y)
-    kl_weight = alpha if weighting == "convex" else 1.0
+    kl_weight = alpha if weighting == "convex" else 1.0  # full_kl
     loss = kl_weight * kl + (1.0 - alpha) * ce
     return loss, {"kl": kl.detach(), "ce": ce.detach()}
 
@@ -122,7 +127,8 @@ class Distill(Objective):
         check_choice(n, "manipulation", self.manipulation, CHOICES)
         check_range(n, "tau", self.tau, lo=0.0, lo_open=True)
         check_range(n, "alpha", self.alpha, 0.0, 1.0)
-        check_choice(n, "weighting", self.weighting, ("convex", "brief"))
+        self.weighting = WEIGHTING_ALIASES.get(self.weighting, self.weighting)
+        check_choice(n, "weighting", self.weighting, WEIGHTINGS)
         check_choice(n, "redraw", self.redraw, (True, False))
         check_choice(n, "teacher_remap", self.teacher_remap, ("none", "auto"))
         check_range(n, "seed", self.seed, lo=0, integer=True)

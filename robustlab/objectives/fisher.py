@@ -1,4 +1,4 @@
-"""The Fisher regularizer of paper C (Shi et al.), from the authors' code.
+"""The Fisher regularizer of Shi et al., arXiv:1906.02494, from the authors' code.
 
 ``L = CE(f(x), y) + c * KL(p(x) || p(x~))`` where ``x~`` maximizes ``KL(p(x) || p(x'))`` by
 ``steps`` steepest-ascent steps of ``step_size`` (sign steps for Linf) inside the eps-ball from

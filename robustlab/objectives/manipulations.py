@@ -1,4 +1,4 @@
-"""Teacher-logit manipulations for distillation (method brief A, a reconstruction).
+"""Teacher-logit manipulations for distillation (Seguin et al., arXiv:2108.12001; a reconstruction).
 
 Pure functions on an ``(N, K)`` logit tensor. Each keeps every row's argmax and its value
 (the max logit) and changes only what the teacher says about the incorrect classes:

@@ -3,8 +3,8 @@
 ``pgd_at``: ``L = CE_alpha(f(x_adv), y) - lambda H(p(x_adv))`` with ``x_adv`` from ``steps``
 projected steepest-ascent steps of the per-sample attack loss (cross-entropy by default) from a
 uniform random start in the ball. ``label_smoothing``/``entropy`` on the adversarial loss are
-the brief-B combinations AT+LS / AT+EntM (reconstruction). With ``trades_beta`` set, the
-brief-B "TRADES variant" is used instead: KL inner maximization and
+the combinations AT+LS / AT+EntM of arXiv:2011.13538 (reconstruction). With ``trades_beta``
+set, their "TRADES variant" is used instead: KL inner maximization and
 ``CE_alpha(f(x), y) - lambda H(p(x)) + trades_beta * KL(p(x) || p(x_adv))`` (the same as the
 ``trades`` objective with those options).
 

@@ -2,7 +2,8 @@
 
 ``L = CE_alpha(f(x), y) - lambda * H(softmax f(x))`` where ``CE_alpha`` is the cross-entropy
 against ``(1 - alpha) e_y + alpha / K``. With ``alpha = lambda = 0`` this is plain
-cross-entropy; the LS and EntM forms are a reconstruction of method brief B.
+cross-entropy; the LS and EntM forms are a reconstruction
+(the exact form and weights) of the regularizers studied by Jin et al., arXiv:2011.13538.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class Standard(Objective):
 @register_objective("entm")
 @dataclass
 class EntM(Standard):
-    """Entropy maximization alone (brief B): ``standard`` with ``entropy`` defaulting to 1."""
+    """Entropy maximization alone (arXiv:2011.13538): ``standard`` with ``entropy`` 1."""
 
     entropy: float = 1.0
 
@@ -61,6 +62,6 @@ class EntM(Standard):
 @register_objective("ls")
 @dataclass
 class LabelSmoothing(Standard):
-    """Label smoothing alone (brief B): ``standard`` with ``label_smoothing`` defaulting to 0.1."""
+    """Label smoothing alone (arXiv:2011.13538): ``standard`` with ``label_smoothing`` 0.1."""
 
     label_smoothing: float = 0.1

@@ -4,7 +4,7 @@
 maximizes ``KL(p(x) || p(x'))`` over the threat model by projected steepest ascent started at
 ``x + init_std * N(0, 1)`` (the authors' code: 0.001). Gradients flow through both ``p(x)``
 and ``p(x_adv)`` in the outer loss, as in the authors' code. Label smoothing / entropy on the
-natural term are the brief-B options (reconstruction); L2 uses the threat model's normalized
+natural term follow arXiv:2011.13538 (reconstruction); L2 uses the threat model's normalized
 steps (reconstruction: the authors' L2 variant optimizes differently).
 """
 

@@ -27,6 +27,7 @@ from robustlab.analysis.run import read_analysis
 from robustlab.errors import RobustlabError
 from robustlab.io import atomic_write_bytes, atomic_write_text
 from robustlab.report import figures as F
+from robustlab.report.text import INTRO, SECTIONS
 
 __all__ = ["RunData", "load_run", "comparison_figures", "write_run_figures", "build_report"]
 
@@ -310,15 +311,6 @@ figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:0.85em;color:#444}.note{color:#666;font-size:0.9em}
 """
 
-_SECTIONS = [
-    ("logits", "Logit statistics (paper A)"),
-    ("disagreement", "Confidence disagreement (paper A)"),
-    ("margins", "Minimal-perturbation margins (paper D)"),
-    ("dynamics", "Decision-boundary dynamics (paper D)"),
-    ("jacobian", "Input Jacobian of the logits (paper B)"),
-    ("fisher", "Input Fisher information (paper C)"),
-    ("epochs", "Over training epochs"),
-]
 
 # (analysis, key, label): rows of the analysis table; keys with _mean get the CI appended.
 _ROWS = [
@@ -500,18 +492,18 @@ def build_report(
         f"<h1>{html.escape(title)}</h1>",
         f"<p class='note'>{len(runs)} run(s) on {html.escape(datasets.pop())}; generated "
         f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by robustlab. "
-        "Definitions are in the robustlab.analysis docstrings; gap to the mean, the confidence "
-        "disagreement and the KL-metric grouping are reconstructions [recon].</p>",
+        f"{html.escape(INTRO)}</p>",
         "<h2>Runs</h2>",
         _accuracy_table(runs),
         "<h2>Analysis summary</h2>",
         _analysis_table(runs),
     ]
-    for section, heading in _SECTIONS:
+    for section, heading, definition in SECTIONS:
         items = [(c, png) for s, c, png in figs if s == section]
         if not items:
             continue
         parts.append(f"<h2>{html.escape(heading)}</h2>")
+        parts.append(f"<p class='note'>{html.escape(definition)}</p>")
         cls = " class='wide'" if section in ("dynamics", "epochs") else ""
         for caption, png in items:
             parts.append(
