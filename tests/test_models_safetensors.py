@@ -4,6 +4,7 @@ weights a training run exports."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,9 @@ def test_training_exports_best_and_ema_weights(tmp_path: Path) -> None:
     for which, name in (("best", "best"), ("ema", "ema")):
         ref, _ = load_run_model(run, which)
         model = build_model(cfg).eval()  # the same architecture and input normalization
-        load_checkpoint(model, ck / f"{name}.safetensors")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a run's own weights: no normalization warning
+            report = load_checkpoint(model, ck / f"{name}.safetensors")
+        assert report.robustlab_run
         with torch.no_grad():
             assert torch.equal(model(x), ref(x)), which

@@ -1,6 +1,6 @@
-"""Boundary dynamics of training batches (paper D): the speeds each objective's update gives the
-points of the batches that produce it, and the check of the closed-form speed against a real
-SGD step.
+"""Boundary dynamics of training batches (arXiv:2302.03015): the speeds each objective's
+update gives the points of the batches that produce it, and the check of the closed-form speed
+against a real SGD step.
 
 The velocity ``theta' = -grad_theta L`` is taken on the weights passed in (the live, trained
 weights of a run, never its EMA: the EMA does not take the step). Two ways to pair velocities

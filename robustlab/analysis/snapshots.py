@@ -1,6 +1,7 @@
 """The ``snapshot`` training callback: keeps the weights of every recorded epoch, so per-epoch
 numbers (``analysis/*`` in ``metrics.jsonl``) can be recomputed and new analyses run on the
-same checkpoints later (paper C's matched-accuracy comparisons, paper D's dynamics).
+same checkpoints later (matched-accuracy comparisons of arXiv:1906.02494, the dynamics of
+arXiv:2302.03015).
 
 In a recipe::
 

@@ -34,6 +34,8 @@ __all__ = [
     "save_weights",
     "REMAP_MODES",
     "SAFETENSORS_SUFFIX",
+    "RUN_WEIGHTS_KEY",
+    "safetensors_metadata",
     "NormalizationWarning",
     "is_robustlab_checkpoint",
     "normalization_warning",
@@ -41,6 +43,9 @@ __all__ = [
 
 SAFETENSORS_SUFFIX = ".safetensors"
 _ORDER_KEY = "robustlab.key_order"  # header metadata: the state dict's key order (JSON list)
+#: Header metadata key set (to "1") on the weights a robustlab training run exports: the model
+#: they belong to was built from the run's configuration, input normalization included.
+RUN_WEIGHTS_KEY = "robustlab.run_weights"
 
 REMAP_MODES = ("none", "auto")
 STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "net")
@@ -298,6 +303,17 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def safetensors_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The ``str -> str`` metadata in a safetensors file's header ({} when unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            meta = json.loads(f.read(n)).get("__metadata__") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def _read_safetensors(p: Path) -> dict[str, Tensor]:
     from safetensors.torch import load
 
@@ -379,7 +395,9 @@ def load_checkpoint(
     model.load_state_dict(to_load, strict=False)
     report.num_tensors = len(to_load)
     report.num_values = sum(t.numel() for t in to_load.values())
-    report.robustlab_run = is_robustlab_checkpoint(obj)
+    report.robustlab_run = is_robustlab_checkpoint(obj) or (
+        p.suffix == SAFETENSORS_SUFFIX and safetensors_metadata(p).get(RUN_WEIGHTS_KEY) == "1"
+    )
     if not report.robustlab_run:
         report.warning = normalization_warning(model, str(p))
         if report.warning:

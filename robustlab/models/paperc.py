@@ -1,4 +1,5 @@
-"""The architectures of paper C's zoo (Shi et al., ``PerformanceVSadversarial/models``).
+"""The architectures of the model zoo of Shi et al., arXiv:1906.02494
+(``PerformanceVSadversarial/models``).
 
 - ``resnet20x{1,5,10}`` / ``resnet32x{1,5,10}``: the CIFAR ResNets of He et al. (2016), three
   stages of 3 (ResNet-20) or 5 (ResNet-32) basic blocks at widths 16w, 32w, 64w (the 16-channel
@@ -61,7 +62,7 @@ class _Block(nn.Module):
 
 
 class CifarResNet(ImageClassifier):
-    """CIFAR ResNet (6n+2 layers) at width factor ``width`` (paper C: ResNet-20/32 x1, x5, x10)."""
+    """CIFAR ResNet (6n+2 layers) at width factor ``width`` (the zoo: ResNet-20/32 x1, x5, x10)."""
 
     def __init__(
         self,
@@ -100,7 +101,7 @@ class CifarResNet(ImageClassifier):
 
 
 class PaperVGG(ImageClassifier):
-    """VGG of paper C's zoo: ``variant`` relu | linear | pure_linear, no normalization layer."""
+    """VGG of the zoo: ``variant`` relu | linear | pure_linear, no normalization layer."""
 
     def __init__(
         self,
@@ -118,7 +119,7 @@ class PaperVGG(ImageClassifier):
         if variant not in ("relu", "linear", "pure_linear"):
             raise ConfigError(f"VGG variant {variant!r}: choose relu, linear or pure_linear")
         if input_size != 32:
-            raise ConfigError(f"paper C's VGG takes 32x32 images (512 features), got {input_size}")
+            raise ConfigError(f"the zoo's VGG takes 32x32 images (512 features), got {input_size}")
         layers: list[nn.Module] = []
         c = in_channels
         for v in VGG_CONFIGS[config]:
@@ -153,7 +154,7 @@ def _register_resnets() -> None:
             def build(depth: int = depth, width: int = width, **kw: object) -> CifarResNet:
                 return CifarResNet(depth=depth, width=width, **kw)  # type: ignore[arg-type]
 
-            build.__doc__ = f"ResNet-{depth} x{width} of paper C's zoo (CIFAR, widths x{width})."
+            build.__doc__ = f"ResNet-{depth} x{width} of the zoo (CIFAR, widths x{width})."
             register_model(f"resnet{depth}x{width}", norm="bn")(build)
 
 
@@ -165,7 +166,7 @@ def _register_vggs() -> None:
         def build(config: str = config, variant: str = variant, **kw: object) -> PaperVGG:
             return PaperVGG(config=config, variant=variant, **kw)  # type: ignore[arg-type]
 
-        build.__doc__ = f"{config.upper()} ({variant}) of paper C's zoo: no normalization layer."
+        build.__doc__ = f"{config.upper()} ({variant}) of the zoo: no normalization layer."
         register_model(f"{config}_{variant}", norm="none")(build)
 
 

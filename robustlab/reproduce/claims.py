@@ -164,8 +164,8 @@ def comparison(
 
 @dataclass
 class Claim:
-    """A paper's claim as checked here: id (as in methods.md), statement, source tag,
-    comparisons (the measured quantities) and the combined verdict."""
+    """A paper's claim as checked here: id (A1..D4, as on the documentation's "Papers" page),
+    statement, source tag, comparisons (the measured quantities) and the combined verdict."""
 
     id: str
     paper: str

@@ -82,10 +82,11 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
 def export_weights(run_dir: str | Path, name: str, model: nn.Module, **metadata: Any) -> Path:
     """Write ``RUN/checkpoints/<name>.safetensors``: the model's weights alone (no optimizer
     state, no code); ``metadata`` (e.g. epoch, step) is stored as strings in the header."""
-    from robustlab.models import save_weights
+    from robustlab.models.checkpoint import RUN_WEIGHTS_KEY, save_weights
 
     path = RunDir(run_dir).weights(name)
-    return save_weights(model, path, {k: str(v) for k, v in metadata.items()})
+    meta = {k: str(v) for k, v in metadata.items()}
+    return save_weights(model, path, {**meta, RUN_WEIGHTS_KEY: "1"})
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

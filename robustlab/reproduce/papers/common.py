@@ -44,8 +44,8 @@ _QUIET = ("train.progress=false", "train.tensorboard=false")
 
 BUDGETS: dict[str, Budget] = {
     # Fashion-MNIST (not MNIST): LeNet-5 PGD-AT at MNIST's eps 0.3 does not leave chance level
-    # in three short epochs (train adversarial accuracy 0.10 in a pilot), and at eps 0.1 the
-    # 2x-eps evaluation of paper B (0.2) stays below where every image can be erased.
+    # in three short epochs (train adversarial accuracy 0.10 in a trial run), and at eps 0.1
+    # the uncertainty paper's 2x-eps evaluation (0.2) stays below where every image is erased.
     "cpu": Budget(
         "cpu",
         "fashion-mnist",

@@ -1,4 +1,4 @@
-"""Paper A (Seguin et al., arXiv 2108.12001): logit distributions of adversarially trained
+"""Seguin et al., arXiv:2108.12001: logit distributions of adversarially trained
 networks and clean-input distillation with manipulated teacher logits; claims A1-A4.
 
 Per seed ``s``: a standard model (``std-s``), a second standard model of another seed
@@ -288,7 +288,7 @@ class LogitsPaper(Paper):
             "paper",
             comps,
             tables={"every student's clean and robust accuracy": table},
-            notes="Distillation on clean inputs and the manipulations are reconstructions [recon].",
+            notes="Distillation on clean inputs and the manipulations are reconstructions.",
         )
 
     def _a4(self, ctx: PlanContext, r: Results) -> Claim:

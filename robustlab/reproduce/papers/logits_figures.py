@@ -1,6 +1,6 @@
-"""Paper A's figures from the stored evaluations: histograms of max logit and gap (standard vs
-AT), max logit and gap against training eps, the students' bar chart, and the confidence
-disagreement scatter with the most-disagreeing test images."""
+"""The figures of arXiv:2108.12001 from the stored evaluations: histograms of max logit and gap
+(standard vs AT), max logit and gap against training eps, the students' bar chart, and the
+confidence disagreement scatter with the most-disagreeing test images."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""Paper B (Jin et al., arXiv 2011.13538): uncertainty-promoting regularizers (entropy
+"""Jin et al., arXiv:2011.13538: uncertainty-promoting regularizers (entropy
 maximization, label smoothing) alone and with adversarial training; claims B1-B4.
 
 Per seed ``s``: standard (``std-s``), EntM (``entm-s``), LS (``ls-s``), PGD-AT at eps (``at1-s``,
-the same run as paper A's), AT+EntM (``atentm-s``) and AT+LS (``atls-s``). Every model is
+the same run as the logit paper's), AT+EntM (``atentm-s``) and AT+LS (``atls-s``). Every model is
 evaluated at 0.25x to 2x the training eps under the per-sample worst case of PGD-CE and
 PGD-margin (the CE-only number is kept for B4), with the logit-Jacobian norm (B3).
 """
