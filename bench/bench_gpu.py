@@ -205,7 +205,7 @@ def main() -> None:
     data = load_cifar(Path(args.data_dir), args.train_batches, dev)
     if args.tiny:
         data["train_x"], data["train_y"] = data["train_x"][:256], data["train_y"][:256]
-        args.batch_size, args.n_pgd, args.n_eval = 64, 16, 8
+        args.batch_size, args.n_pgd, args.n_eval = 64, 16, 4
     n_train = int(data["train_x"].shape[0])
     epochs = args.epochs or (
         1 if args.tiny else min(30, math.ceil(15 * 5 / len(data["train_files"])))
@@ -238,14 +238,14 @@ def main() -> None:
     save("fast_at")
 
     pgd10 = create_objective("pgd_at", eps=EPS, steps=10, step_size=2 / 255)
-    steps = 2 if args.tiny else 10
+    steps = 1 if args.tiny else 10
     thr = {}
     for name, cl, bf16 in (("fp32_nchw", False, False), ("fp32_channels_last", True, False),
                            ("bf16_channels_last", True, True)):  # fmt: skip
         if time.perf_counter() > deadline - 120:
             thr[name] = "skipped (budget)"
             continue
-        thr[name] = round(step_throughput(model, pgd10, data, 128 if args.tiny else 512, dev, cl,
+        thr[name] = round(step_throughput(model, pgd10, data, 32 if args.tiny else 512, dev, cl,
                                           bf16, steps), 1)  # fmt: skip
     model.to(memory_format=torch.channels_last)
     epoch = "skipped (budget)"
