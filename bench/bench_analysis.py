@@ -24,6 +24,7 @@ import copy
 import json
 import os
 import platform
+import sys as _sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,6 +40,9 @@ from robustlab.analysis.fisher import explicit_fisher, fisher_summary
 from robustlab.analysis.margins import minimum_margins
 from robustlab.attacks.threat import make_threat
 from robustlab.io import write_json
+
+_sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_info, machine_line  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -175,6 +179,7 @@ def main() -> None:
     ap.add_argument("--fd-steps", type=int, default=200, help="solver steps for that check")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
+    print(machine_line(machine_info()), flush=True)
     torch.set_num_threads(args.threads)
     from robustlab.data import load_split
     from robustlab.models import create_model
@@ -198,6 +203,7 @@ def main() -> None:
     cnn = create_model("cifar_cnn", dataset="cifar10").eval()
     xc = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     result["fisher"].append(bench_fisher(cnn, xc, "cifar_cnn (random init), 32x32x3 inputs"))
+    result["machine_info"] = machine_info()
     write_json(REPO / "bench" / "results" / "analysis.json", result)
     print(json.dumps(result, indent=2))
 

@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import statistics
+import sys as _sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,9 @@ from robustlab.attacks import PGD, AutoAttack
 from robustlab.data import load_split
 from robustlab.io import write_json
 from robustlab.models import create_model, load_checkpoint
+
+_sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_info, machine_line  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ROBUSTLAB_SHARED", REPO.parent / "shared"))
@@ -174,6 +178,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", default=str(SHARED / "models" / "trades_mnist_smallcnn.pt"))
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "attacks.json"))
     args = ap.parse_args()
+    print(machine_line(machine_info()), flush=True)
     torch.set_num_threads(args.threads)
     model = create_model("smallcnn", dataset="mnist")
     load_checkpoint(model, args.checkpoint)
@@ -200,6 +205,7 @@ def main() -> None:
             model, x[:n], y[:n], args.batch_size, not args.no_reference
         )
     result["load_average_end"] = os.getloadavg()[0]
+    result["machine_info"] = machine_info()
     write_json(args.out, result)
     print(json.dumps(result, indent=2))
 

@@ -175,6 +175,9 @@ def load_models(args: argparse.Namespace) -> list[tuple[str, nn.Module, str, flo
             out.append(("TRADES SmallCNN (MNIST, eps 0.3)", m, "mnist", 0.3))
         elif key in ("lenet", "cifar"):
             run = args.lenet_run if key == "lenet" else args.cifar_run
+            if not (Path(run) / "checkpoints" / "last.pt").is_file():
+                print(f"skipped {key}: no trained run in {run} (train one, see the notes)")
+                continue
             m, cfg = load_run_model(run, which="last")
             eps = 0.3 if key == "lenet" else 8 / 255
             label = f"PGD-AT {cfg.model.name} ({cfg.data.dataset}, eps {eps:.4g}; {run})"

@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import sys as _sys
 import time
 from pathlib import Path
 
@@ -28,6 +29,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from robustlab.data import Augment, DeviceLoader, load_split
 from robustlab.io import write_json
+
+_sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_info, machine_line  # noqa: E402
 
 
 class PerSampleCifar(Dataset):
@@ -108,6 +112,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "loader.json")
     args = ap.parse_args()
+    print(machine_line(machine_info()), flush=True)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -138,6 +143,7 @@ def main() -> None:
         "all_device_loader": [round(r) for r in dev_rates],
         "all_dataloader": [round(r) for r in dl_rates],
     }
+    result["machine_info"] = machine_info()
     write_json(args.out, result)
     print(json.dumps(result, indent=2))
 

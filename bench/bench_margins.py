@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import sys as _sys
 import time
 from pathlib import Path
 
@@ -26,6 +27,9 @@ from robustlab.attacks.threat import make_threat
 from robustlab.data import load_split
 from robustlab.io import write_json
 from robustlab.models import create_model, load_checkpoint
+
+_sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_info, machine_line  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -46,6 +50,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-torchattacks", action="store_true")
     args = ap.parse_args()
+    print(machine_line(machine_info()), flush=True)
     torch.set_num_threads(args.threads)
 
     model = create_model("smallcnn", dataset="mnist")
@@ -102,6 +107,7 @@ def main() -> None:
         "torch": torch.__version__,
         "records": records,
     }
+    out["machine_info"] = machine_info()
     write_json(REPO / "bench" / "results" / "margins.json", out)
     print(json.dumps(out, indent=2))
 

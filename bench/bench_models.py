@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys as _sys
 import time
 from pathlib import Path
 
@@ -19,6 +20,9 @@ from robustlab.data import Augment, DeviceLoader, load_split
 from robustlab.evaluate import clean_accuracy
 from robustlab.io import write_json
 from robustlab.models import create_model, load_checkpoint
+
+_sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_info, machine_line  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -122,6 +126,7 @@ def main() -> None:
     ap.add_argument("--train-steps", type=int, default=780, help="390 steps of 128 = 1 epoch")
     ap.add_argument("--skip-train", action="store_true")
     args = ap.parse_args()
+    print(machine_line(machine_info()), flush=True)
     torch.set_num_threads(args.threads)
     result = {
         "torch": torch.__version__,
@@ -131,6 +136,7 @@ def main() -> None:
     }
     if not args.skip_train:
         result["cifar_cnn_training"] = bench_cifar_cnn_training(args.data_dir, args.train_steps)
+    result["machine_info"] = machine_info()
     write_json(REPO / "bench" / "results" / "models.json", result)
     print(json.dumps(result, indent=2))
 

@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import statistics
+import sys as _sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +31,9 @@ import yaml
 
 from robustlab.io import atomic_torch_save, write_json
 from robustlab.objectives import StepState, create_objective
+
+_sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_info, machine_line  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,6 +76,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
+    print(machine_line(machine_info()), flush=True)
     torch.set_num_threads(args.threads)
 
     x_all, y_all = _data(args.data_dir, 4096)
@@ -146,6 +151,7 @@ def main() -> None:
         "measured on a shared CPU, read the ratios",
         "results": results,
     }
+    out["machine_info"] = machine_info()
     write_json(REPO / "bench" / "results" / "objectives.json", out)
     print(json.dumps(out, indent=2))
 

@@ -14,6 +14,7 @@ BENCHES = [
     "bench_train",
     "bench_objectives",
     "bench_analysis",
+    "bench_eval",
 ]
 
 
