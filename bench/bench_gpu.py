@@ -55,9 +55,10 @@ def load_cifar(data_dir: Path, train_batches: int, device: torch.device) -> dict
     xs, ys = [], []
     for f in present:
         x, y = parse_cifar_binary(f.read_bytes(), f)
-        xs.append(torch.from_numpy(x))
+        xs.append(torch.from_numpy(x.copy()))
         ys.append(torch.from_numpy(y))
     xt, yt = parse_cifar_binary((data_dir / "test_batch.bin").read_bytes(), data_dir)
+    xt, yt = xt.copy(), yt.copy()
     return {
         "train_x": torch.cat(xs).to(device),
         "train_y": torch.cat(ys).long().to(device),
