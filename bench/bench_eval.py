@@ -35,7 +35,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_info, machine_line  # noqa: E402
 
-from robustlab.attacks import AutoAttack, create_attack  # noqa: E402
+from robustlab.attacks import AutoAttack, create_attack, parse_eps  # noqa: E402
 from robustlab.data import load_split  # noqa: E402
 from robustlab.evaluate import robust_evaluate  # noqa: E402
 from robustlab.io import write_json  # noqa: E402
@@ -179,7 +179,7 @@ def load_models(args: argparse.Namespace) -> list[tuple[str, nn.Module, str, flo
                 print(f"skipped {key}: no trained run in {run} (train one, see the notes)")
                 continue
             m, cfg = load_run_model(run, which="last")
-            eps = 0.3 if key == "lenet" else 8 / 255
+            eps = parse_eps(str(cfg.objective.params.get("eps", "0.3")))  # the training eps
             label = f"PGD-AT {cfg.model.name} ({cfg.data.dataset}, eps {eps:.4g}; {run})"
             out.append((label, m, cfg.data.dataset, eps))
         else:
