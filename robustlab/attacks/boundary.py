@@ -9,7 +9,10 @@ ICML 2020), generalised from "the decision boundary" to the zero level set of an
 * ``phi=None``: the untargeted multi-class case. ``phi_l = z_y - z_l`` for every ``l != y``; each
   step linearises all of them and follows the one whose linearised boundary is closest (in the
   dual norm), as in the paper. The boundary is the decision boundary.
-* ``targeted_class=t``: ``phi = z_y - z_t`` (FAB-T).
+* ``targeted_class=t``: ``phi = z_y - z_t`` (FAB-T). With ``any_misclassification`` (what the
+  FAB-T attack uses, as the reference AutoAttack's ``fab_base.py``: ``is_adv = pred != y``),
+  steps still follow ``z_y - z_t`` but any misclassification of an iterate counts as a success
+  (a point pushed towards ``t`` that lands in a third class is adversarial).
 * any callable ``phi``: for example DyART's soft margin.
 
 Each step projects the current iterate and the clean input onto the linearised boundary
@@ -86,9 +89,11 @@ class _Problem:
         threat: ThreatModel,
         phi: PhiFn | None,
         targeted_class: Tensor | None,
+        any_misclassification: bool = False,
     ) -> None:
         self.model, self.shape, self.threat = model, shape, threat
         self.phi, self.target = phi, targeted_class
+        self.any_miss = any_misclassification and targeted_class is not None
         self.kind = (
             "scalar" if phi is not None else "targeted" if targeted_class is not None else "multi"
         )
@@ -113,7 +118,12 @@ class _Problem:
 
     @torch.no_grad()
     def evaluate(self, xf: Tensor, y: Tensor, t: Tensor | None) -> Tensor:
-        return self.value(self._logits(xf), y, t)
+        """The value the success test reads: the boundary function, or the hard margin
+        (<= ``z_y - z_t``) when any misclassification counts."""
+        logits = self._logits(xf)
+        if self.any_miss:
+            return hard_margin(logits, y)
+        return self.value(logits, y, t)
 
     def linearize(self, xf: Tensor, y: Tensor, t: Tensor | None) -> tuple[Tensor, Tensor]:
         """Value (n,) and input gradient (n, d) of the boundary function followed at ``xf``."""
@@ -211,6 +221,7 @@ def boundary_search(
     targeted_class: Tensor | None = None,
     refine_steps: int = 8,
     x_init: Tensor | None = None,
+    any_misclassification: bool = False,
 ) -> BoundaryResult:
     """Closest point (threat norm, inside [0, 1]) where ``phi(model(.), y)`` reaches zero.
 
@@ -233,6 +244,8 @@ def boundary_search(
         targeted_class: (N,) target labels: solve ``phi = z_y - z_t`` (FAB-T); excludes ``phi``.
         x_init: (N, ...) where the first restart starts (a warm start, e.g. each sample's
             boundary point of an earlier call), clipped to [0, 1]; later restarts as usual.
+        any_misclassification: with ``targeted_class``, count any misclassified iterate as a
+            success (the reference FAB-T); ``phi_value`` is then the hard margin.
         refine_steps: regula-falsi steps on the segment from ``x`` to the best point (0 = plain
             FAB); each is one forward pass and keeps the point verified.
 
@@ -253,7 +266,7 @@ def boundary_search(
     start_r = _as_vector(start_radius, n, x, "start_radius")
     ref_eps = max_r if max_r is not None else _as_vector(threat.eps, n, x, "threat eps")
     assert ref_eps is not None
-    prob = _Problem(model, tuple(x.shape[1:]), threat, phi, t_all)
+    prob = _Problem(model, tuple(x.shape[1:]), threat, phi, t_all, any_misclassification)
 
     xf_all = x.reshape(n, -1)
     phi_clean = prob.evaluate(xf_all, y, t_all)

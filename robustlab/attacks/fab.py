@@ -106,6 +106,7 @@ class FAB(Attack):
             targeted_class=target,
             refine_steps=self.refine_steps,
             max_radius=eps,
+            any_misclassification=target is not None,  # FAB-T: as the reference's fab_base.py
         )
 
     def _checked_logits(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -137,7 +138,9 @@ class FAB(Attack):
 @register_attack("fab-t")
 class FABTargeted(FAB):
     """FAB-T as in AutoAttack: targeted FAB towards each of the ``n_target_classes`` classes with
-    the highest clean logits (besides the label), 100 steps and 1 restart per target.
+    the highest clean logits (besides the label), 100 steps and 1 restart per target. As in the
+    reference (``fab_base.py``), an iterate counts as a success as soon as it is misclassified,
+    into the target class or any other.
 
     The eps-bounded attack only keeps attacking points not yet broken within eps; :meth:`minimal`
     runs every target on every correctly classified point and keeps the closest.
