@@ -346,6 +346,7 @@ def analyze_run(
     run = Path(run_dir)
     ckpt = find_checkpoint(run)
     from robustlab.data import load_split
+    from robustlab.models import input_normalization
     from robustlab.train import load_run_model
 
     model, cfg = load_run_model(
@@ -397,6 +398,7 @@ def analyze_run(
         "norm": norm,
         "eps": eps,
         "checkpoint": ckpt.name,
+        "input_normalization": input_normalization(model),
     }
     old_meta = previous.get("meta", {})
     if any(old_meta.get(k) not in (None, meta[k]) for k in ("n", "seed", "dataset")):

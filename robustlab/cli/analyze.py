@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "samples for every run) and write RUN/analysis/summary.json, per-sample arrays (.npz) "
         "and PNG figures.",
     )
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories")
+    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
+                   help="run directories (or/and --model/--weights)")  # fmt: skip
     names = ",".join(ANALYSES)
     p.add_argument("--what", default=names, help=f"comma-separated analyses (default: {names})")
     p.add_argument("--n", type=int, default=1000, help="test samples to analyse (default 1000)")
@@ -36,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--json", action="store_true", help="print the summaries as JSON")
+    from robustlab.cli.third_party import add_import_options
+
+    add_import_options(p)
     p.set_defaults(func=run)
 
 
@@ -56,6 +60,14 @@ def run(args: argparse.Namespace) -> int:
         raise RobustlabError(f"--n must be positive, got {args.n}")
     for spec in args.objective or []:
         objective_from_spec(spec)  # bad names or values: an error before any work
+    from robustlab.cli.third_party import import_from_args
+
+    imported = import_from_args(args)
+    args.run_dirs = list(args.run_dirs) + ([str(imported)] if imported is not None else [])
+    if not args.run_dirs:
+        raise RobustlabError(
+            "give RUN_DIR(s), or third-party weights with --model/--weights/--dataset"
+        )
     for run_dir in args.run_dirs:  # every bad directory is reported before any work
         find_checkpoint(run_dir)
     results = {}
@@ -78,7 +90,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _headline(s: dict) -> str:
-    parts = []
+    from robustlab.cli.third_party import print_normalization
+
+    norm = s.get("meta", {}).get("input_normalization")
+    parts = [print_normalization(norm)] if norm else []
     if "logits" in s:
         parts.append(f"max logit {s['logits']['max_logit']['mean']:.3g}")
         parts.append(f"gap {s['logits']['gap']['mean']:.3g}")

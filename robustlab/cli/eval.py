@@ -34,6 +34,8 @@ def _model_kw(items: list[str]) -> dict[str, Any]:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``eval`` subcommand."""
+    from robustlab.cli.third_party import add_input_norm_option
+
     p = subparsers.add_parser(
         "eval",
         help="evaluate a model's clean and robust accuracy on a dataset's test split",
@@ -98,6 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="normalization layers of the architecture (default: its own)",
     )
     p.add_argument("--act", choices=["relu", "silu"], default="relu")
+    add_input_norm_option(p)
     p.add_argument(
         "--model-kw",
         action="append",
@@ -118,7 +121,9 @@ def _add_attack_options(g: argparse._ArgumentGroup) -> None:
         "--attack",
         default=None,
         help="attack or preset: fgsm, pgd, apgd-ce, apgd-dlr, apgd-t, fab, fab-t, "
-        "square, autoattack (with --version), autoattack-standard|plus|rand",
+        "square, autoattack (with --version), autoattack-standard|plus|rand; or an ensemble "
+        "A+B+... with per-attack options, e.g. pgd:loss=ce+pgd:loss=margin+apgd-t (per-sample "
+        "worst case and a per-attack breakdown)",
     )
     g.add_argument("--eps", default=None, help="perturbation budget, e.g. 8/255 or 0.3")
     g.add_argument(
@@ -237,8 +242,11 @@ def _load(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]]:
     """The model, the dataset name and a description of where the weights came from."""
     norm_layer = args.norm_layer
     if args.run is not None:
-        if args.model or args.weights:
-            raise RobustlabError("--run takes the model from the run; drop --model/--weights")
+        if args.model or args.weights or args.input_norm:
+            raise RobustlabError(
+                "--run takes the model (and its input normalization) from the run; drop "
+                "--model/--weights/--input-norm"
+            )
         from robustlab.train.checkpoint import load_run_model
 
         if not Path(args.run).is_dir():
@@ -252,6 +260,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]]:
     missing += ["--dataset"] if not args.dataset else []
     if missing:
         raise RobustlabError(f"give {', '.join(missing)} (or --run RUN_DIR)")
+    from robustlab.cli.third_party import load_with_warning
     from robustlab.models import create_model, load_checkpoint
 
     model = create_model(
@@ -259,14 +268,21 @@ def _load(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]]:
         dataset=args.dataset,
         norm=norm_layer,
         act=args.act,
+        input_norm=args.input_norm,
         **_model_kw(args.model_kw),
     )
-    report = load_checkpoint(model, args.weights, remap=args.remap, key=args.checkpoint_key)
+    report, _ = load_with_warning(
+        lambda: load_checkpoint(model, args.weights, remap=args.remap, key=args.checkpoint_key),
+        quiet=args.json,
+    )
     if report.remapped and not args.json:
         print(f"remapped {len(report.remapped)} keys by position:", file=sys.stderr)
         for old, new in report.remapped.items():
             print(f"  {old} -> {new}", file=sys.stderr)
-    return model, args.dataset, {"weights": str(args.weights), "remapped": report.remapped}
+    source = {"weights": str(args.weights), "remapped": report.remapped}
+    if report.warning:
+        source["load_warning"] = report.warning
+    return model, args.dataset, source
 
 
 def run(args: argparse.Namespace) -> int:
@@ -298,7 +314,11 @@ def run(args: argparse.Namespace) -> int:
             sweep = [parse_eps(e) for e in args.eps_sweep.split(",") if e.strip()]
         eps_list = sweep_values(main_eps, sweep)
         kw = _attack_kwargs(args)
-        attacks = [_make_attack(args.attack, e, threat_norm, args.seed, kw) for e in eps_list]
+        from robustlab.cli.attack_spec import build_attack
+
+        attacks = [
+            build_attack(args.attack, e, threat_norm, args.seed, kw, _make_attack) for e in eps_list
+        ]
         main_eps = eps_list[-1] if main_eps is None else main_eps
     else:
         given = [o for o in ("eps", "eps_sweep", "save_adv", "sanity") if getattr(args, o)]
@@ -312,6 +332,11 @@ def run(args: argparse.Namespace) -> int:
     if dist_info and not dist_info.is_main:
         args.quiet = True
     model, dataset, source = _load(args)
+    from robustlab.models import describe_input_norm, input_normalization
+
+    source["input_normalization"] = input_normalization(model)
+    if not args.json and (dist_info is None or dist_info.is_main):
+        print(describe_input_norm(model))
     split = load_split(dataset, "test", root=args.data_dir)
     total = len(split)
     n = total if args.n is None else args.n

@@ -14,16 +14,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "`robustlab analyze`) and write one HTML page with accuracy and analysis tables and "
         "the figures embedded; it opens from disk with no server.",
     )
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (one dataset)")
+    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
+                   help="run directories, one dataset (or/and --model/--weights)")  # fmt: skip
     p.add_argument("-o", "--out", default="report.html", help="output file (default report.html)")
     p.add_argument("--title", default="robustlab report", help="page title")
+    from robustlab.cli.third_party import add_import_options
+
+    add_import_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``robustlab report``; returns the exit status."""
+    from robustlab.cli.third_party import import_from_args
+    from robustlab.errors import RobustlabError
     from robustlab.report.html import build_report
 
-    out = build_report(args.run_dirs, args.out, title=args.title)
+    imported = import_from_args(args)
+    runs = list(args.run_dirs) + ([str(imported)] if imported is not None else [])
+    if not runs:
+        raise RobustlabError(
+            "give RUN_DIR(s), or third-party weights with --model/--weights/--dataset"
+        )
+    out = build_report(runs, args.out, title=args.title)
     print(f"report written to {out}")
     return 0

@@ -27,6 +27,7 @@ from robustlab.analysis.run import read_analysis
 from robustlab.errors import RobustlabError
 from robustlab.io import atomic_write_bytes, atomic_write_text
 from robustlab.report import figures as F
+from robustlab.report.sweep import origin_note, sweep_figure
 from robustlab.report.text import INTRO, SECTIONS
 
 __all__ = ["RunData", "load_run", "comparison_figures", "write_run_figures", "build_report"]
@@ -408,7 +409,7 @@ def _accuracy_table(runs: Sequence[RunData]) -> str:
         acc_s = "<br>".join(f"{html.escape(k)}: {_fmt(v)}" for k, v in train_acc.items()) or "–"
         p = ", ".join(f"{k}={v}" for k, v in params.items())
         rows.append(
-            f"<tr><td>{html.escape(r.name)}</td><td>{html.escape(r.dataset)}</td>"
+            f"<tr><td>{html.escape(r.name)}{origin_note(r)}</td><td>{html.escape(r.dataset)}</td>"
             f"<td>{html.escape(str(model))}</td>"
             f"<td>{html.escape(str(obj.get('name', '?')))} {html.escape(p)}</td>"
             f"<td>{_fmt(epochs)}</td><td>{clean}</td><td>{robust}</td><td>{acc_s}</td></tr>"
@@ -484,7 +485,7 @@ def build_report(
         raise RobustlabError(
             f"runs use different datasets ({which}); a report compares runs on one dataset"
         )
-    figs = comparison_figures(runs)
+    figs = comparison_figures(runs) + sweep_figure(runs)
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<link rel='icon' href='data:,'>",

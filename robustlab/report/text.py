@@ -73,4 +73,11 @@ SECTIONS: list[tuple[str, str, str]] = [
         f"reconstruction]. {_FISHER}.",
     ),
     ("epochs", "Over training epochs", "Numbers logged once per epoch in metrics.jsonl."),
+    (
+        "sweep",
+        "Robust accuracy against eps",
+        "Robust accuracy (correct on the clean input and under the attack or the per-sample "
+        "worst case of an ensemble) at each eps of robustlab eval --eps-sweep; eps 0 is the "
+        "clean accuracy.",
+    ),
 ]
