@@ -335,14 +335,14 @@ def run(args: argparse.Namespace) -> int:
     from robustlab.models import describe_input_norm, input_normalization
 
     source["input_normalization"] = input_normalization(model)
-    if not args.json and (dist_info is None or dist_info.is_main):
-        print(describe_input_norm(model))
     split = load_split(dataset, "test", root=args.data_dir)
     total = len(split)
     n = total if args.n is None else args.n
     if n > total:
         raise RobustlabError(f"--n {n} is larger than the {dataset} test split ({total} images)")
     x, y = split.images[:n], split.labels[:n]
+    if not args.json and (dist_info is None or dist_info.is_main):
+        print(describe_input_norm(model))  # after the input checks: errors print one line only
     bs = args.batch_size or default_batch_size(device)
     if not attacking:
         if dist_info and not dist_info.is_main:
