@@ -3,6 +3,7 @@ per-sample independence, FAB / FAB-T attack contract, and agreement with torchat
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 
@@ -472,3 +473,41 @@ def test_trades_smallcnn_margins_verified(trades_checkpoint, shared_data) -> Non
     assert bool((pred[res.found] != y[res.found]).all())
     # a TRADES model at eps 0.3: the closest Linf boundary is typically beyond 0.2
     assert float(res.distance.median()) > 0.2
+
+
+class _LayoutRounding(nn.Module):
+    """A float32 linear classifier whose logits move by 2 units of rounding (of the largest
+    |logit|) with the parity of the batch size: what BLAS kernels that block the reduction by
+    batch size do on real CPUs (issue 11: MKL on AVX-512 gave 1-2 units for one input between
+    batches of 14 and 16 rows)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = linear_model(12, 2, seed=4).float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.fc(x.flatten(1))
+        unit = torch.finfo(z.dtype).eps * z.abs().amax(1, keepdim=True)
+        sign = 1.0 if x.shape[0] % 2 else -1.0
+        return z + sign * 2 * unit * torch.tensor([1.0, -1.0])
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_points_stay_verified_when_the_batch_layout_changes_the_rounding(norm: str) -> None:
+    """The search runs on the unsolved rows (15 here), the final check on all 16: a point found
+    at a float32 tie would flip back there; the solver's guard keeps every one verified."""
+    model = _LayoutRounding()
+    g = torch.Generator().manual_seed(0)
+    x = 0.5 + 0.05 * torch.randn(16, 12, generator=g)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[0] = 1 - y[0]  # one misclassified sample: the solver works on the other 15
+    res = boundary_search(model, x, y, None, make_threat(norm, 0.3), steps=30)
+    assert bool(res.found.all())
+    for rows in (slice(0, 16), slice(1, 16), slice(1, 2)):  # even, odd, single-row layouts
+        with torch.no_grad():
+            assert bool((hard_margin(model(res.x_boundary[rows]), y[rows]) < 0).all())
+    ref = analytic_margin(copy.deepcopy(model.fc).double(), x.double(), y, norm)
+    # the guard moves each point past the tie by <= 64 float32 units of the logits' scale
+    # (~1e-5 here), far below the 1e-3 relative accuracy asked of the float32 solver
+    torch.testing.assert_close(res.distance[1:].double(), ref[1:], rtol=1e-3, atol=1e-6)

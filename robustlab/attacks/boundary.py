@@ -24,6 +24,13 @@ norm) success over all steps and restarts is kept. robustlab addition (not in th
 and the best point, which removes the ~0.5% overshoot FAB leaves even on linear models. Every
 returned point is re-evaluated before it is reported as found.
 
+Verification with hysteresis: while searching, a point only counts as past the boundary when
+``phi`` is below ``-guard``, with ``guard`` = :data:`GUARD_ULPS` units of rounding of the largest
+logit; the final check accepts any ``phi`` on the far side. The same input gives logits that
+differ by a few units of rounding with the batch it is evaluated in (BLAS kernels block the
+reduction by batch size), so a point found exactly at the tie could flip back in the final,
+differently batched pass (issue 11: boundary points of a linear model unverified on AVX-512).
+
 ``boundary_search`` never switches model modes (training code calls it on the model as it is);
 the :class:`~robustlab.attacks.fab.FAB` and :class:`~robustlab.attacks.fab.FABTargeted` attacks
 (``attacks/fab.py``) wrap it with ``attack_mode``; the hyperplane projections live in
@@ -47,7 +54,14 @@ from robustlab.errors import RobustlabError
 
 PhiFn = Callable[[Tensor, Tensor], Tensor]
 
-__all__ = ["BoundaryResult", "PhiFn", "boundary_search", "hard_margin"]
+# How far past the boundary (in units of float rounding of the largest |logit|) a point must be
+# while searching. Measured on this project's models in float32, the same input's logits changed
+# by up to ~10 such units between batch sizes 1..64 (lenet5 9.7, cifar_cnn 5.1, preact_resnet18
+# 5.2; a linear layer 1-2); phi, a difference of logits, up to twice that. 64 leaves > 3x margin
+# and moves a boundary point by 64 * 1.2e-7 relative to the logits' scale (float32).
+GUARD_ULPS = 64
+
+__all__ = ["BoundaryResult", "GUARD_ULPS", "PhiFn", "boundary_search", "hard_margin"]
 
 
 @dataclass
@@ -111,10 +125,10 @@ class _Problem:
             return logits.gather(1, y[:, None]).squeeze(1) - logits.gather(1, t[:, None]).squeeze(1)
         return hard_margin(logits, y)
 
-    def success(self, value: Tensor) -> Tensor:
-        """Far side of the boundary: ``phi <= 0``; strictly negative for the classification cases,
-        so that a tie never counts as a changed prediction."""
-        return value <= 0 if self.kind == "scalar" else value < 0
+    def success(self, value: Tensor, guard: Tensor | float = 0.0) -> Tensor:
+        """Far side of the boundary: ``phi <= -guard``; strictly below for the classification
+        cases, so that a tie never counts as a changed prediction."""
+        return value <= -guard if self.kind == "scalar" else value < -guard
 
     @torch.no_grad()
     def evaluate(self, xf: Tensor, y: Tensor, t: Tensor | None) -> Tensor:
@@ -125,15 +139,29 @@ class _Problem:
             return hard_margin(logits, y)
         return self.value(logits, y, t)
 
+    @staticmethod
+    def _guard(logits: Tensor) -> Tensor:
+        """``GUARD_ULPS`` units of rounding of each row's largest |logit| (module docstring)."""
+        return GUARD_ULPS * torch.finfo(logits.dtype).eps * logits.detach().abs().amax(1)
+
+    @torch.no_grad()
+    def guarded(self, xf: Tensor, y: Tensor, t: Tensor | None) -> Tensor:
+        """``phi + guard`` at ``xf``: the function the search drives below zero, so that a point
+        counts only when past the boundary by more than the rounding that another batch layout
+        could change; the final verification tests ``phi`` itself."""
+        logits = self._logits(xf)
+        return self.value(logits, y, t) + self._guard(logits)
+
     def linearize(self, xf: Tensor, y: Tensor, t: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Value (n,) and input gradient (n, d) of the boundary function followed at ``xf``."""
+        """Value (n,) of ``phi + guard`` and input gradient (n, d) of the boundary function
+        followed at ``xf`` (the guard is a constant offset: no gradient)."""
         xr = xf.detach().reshape(-1, *self.shape).requires_grad_(True)
         with torch.enable_grad():
             logits = self.model(xr)
             if self.kind != "multi":
                 val = self.value(logits, y, t)
                 (grad,) = torch.autograd.grad(val.sum(), xr)
-                return val.detach(), grad.reshape(xf.shape)
+                return val.detach() + self._guard(logits), grad.reshape(xf.shape)
             return self._closest_class(logits, xr, y)
 
     def _closest_class(self, logits: Tensor, xr: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -150,7 +178,7 @@ class _Problem:
             (g,) = torch.autograd.grad(diffs[:, j].sum(), xr, retain_graph=j < k - 2)
             grads.append(g.reshape(n, -1))
         g_all = torch.stack(grads, 1)  # (n, K-1, d)
-        vals = diffs.detach()
+        vals = diffs.detach() + self._guard(logits)[:, None]
         dual = self.threat.dual_norm(g_all.reshape(n * (k - 1), -1)).reshape(n, k - 1)
         dist = vals.abs() / (dual + 1e-12)
         best = dist.argmin(1)
@@ -398,8 +426,7 @@ def _fab_run(
         n_cur, n_orig = threat.norm(d_cur), threat.norm(d_orig)
         alpha = (n_cur / (n_cur + n_orig).clamp_min(1e-12)).clamp(0.0, alpha_max)[:, None]
         xc = ((1 - alpha) * (xc + eta * d_cur) + alpha * (x0 + eta * d_orig)).clamp(0.0, 1.0)
-        val_new = prob.evaluate(xc, y, t)
-        hit = prob.success(val_new)
+        hit = prob.success(prob.guarded(xc, y, t))
         dist = threat.norm(xc - x0)
         better = hit & (dist < best_d)
         best_x = torch.where(better[:, None], xc, best_x)
@@ -411,7 +438,7 @@ def _fab_run(
 def _keep_best(
     prob: _Problem, x0: Tensor, y: Tensor, t: Tensor | None, xc: Tensor, bx: Tensor, bd: Tensor
 ) -> tuple[Tensor, Tensor]:
-    hit = prob.success(prob.evaluate(xc, y, t))
+    hit = prob.success(prob.guarded(xc, y, t))
     dist = prob.threat.norm(xc - x0)
     better = hit & (dist < bd)
     return torch.where(better[:, None], xc, bx), torch.where(better, dist, bd)
@@ -428,21 +455,24 @@ def _refine(
 ) -> tuple[Tensor, Tensor]:
     """Illinois regula falsi for the crossing on the segment ``x0 + s (best_x - x0)``, s in [0, 1].
 
-    ``hi`` always holds a verified far-side point, so the result is never worse than ``best_x``.
+    It solves ``phi + guard = 0`` (:meth:`_Problem.guarded`), so the point it returns is past the
+    boundary by the guard, not at a tie that rounding could undo. ``hi`` always holds a far-side
+    point, so the result is never worse than ``best_x``.
     """
     has = torch.isfinite(best_d)
     d = torch.where(has[:, None], best_x - x0, torch.zeros_like(x0))
     lo = torch.zeros_like(best_d)
     hi = torch.ones_like(best_d)
-    f_lo = prob.evaluate(x0, y, t)
-    f_hi = prob.evaluate(x0 + d, y, t)
+    f_lo = prob.guarded(x0, y, t)
+    f_hi = prob.guarded(x0 + d, y, t)
+    has &= prob.success(f_hi)
     side = torch.zeros_like(best_d)  # +1: hi moved last, -1: lo moved last
     for _ in range(steps):
         denom = f_lo - f_hi
         s = lo + (f_lo / denom.clamp_min(1e-30)).clamp(0, 1) * (hi - lo)
         width = hi - lo
         s = torch.minimum(torch.maximum(s, lo + 1e-3 * width), hi - 1e-3 * width)
-        f_s = prob.evaluate((x0 + s[:, None] * d).clamp(0.0, 1.0), y, t)
+        f_s = prob.guarded((x0 + s[:, None] * d).clamp(0.0, 1.0), y, t)
         hit = prob.success(f_s) & has
         # Illinois: halve the stale end's value when the same end moves twice in a row.
         f_lo = torch.where(hit & (side > 0), f_lo / 2, f_lo)
