@@ -48,8 +48,9 @@ PAGES = {
         files=["report.html", "runs/standard/analysis/summary.json"],
     ),
     "tutorials/reproduce.md": Page(
-        env={"N_TRAIN": "600", "EPOCHS": "1", "N": "100"},
-        files=["claim-a1.json"],
+        env={"N_TRAIN": "600", "EPOCHS": "1", "N": "100", "SCALE": "tiny", "SEEDS": "0"},
+        files=["claim-a1.json", "reproduce/claims.json", "reproduce/report.html"],
+        shared=True,  # claim A4 reads the TRADES SmallCNN from $ROBUSTLAB_SHARED
     ),
 }
 
