@@ -94,6 +94,9 @@ class LogitsPaper(Paper):
                     f"objective.std_teacher_model={b.model}",
                     f"objective.manipulation={manip}",
                     f"objective.seed={s}",
+                    # tau^2 = 16 scales the KL gradient: a standard-teacher student went to NaN
+                    # at lr 0.05 in the first attempt; every student is clipped alike.
+                    "optim.clip_grad_norm=5.0",
                 )
                 out.append(
                     run_spec(
