@@ -56,3 +56,20 @@ def test_fab_t_breaks_the_point_through_a_third_class() -> None:
         pred = model(x_adv).argmax(1)
     assert bool((pred == 2).all())  # only class 1 was targeted; class 2 broke it
     assert float((x_adv - x).abs().amax()) <= 0.2 + 1e-12
+
+
+def test_reference_fab_t_also_breaks_it_through_the_third_class() -> None:
+    """The reference AutoAttack's FAB-T (a392200, installed by make setup) on the same model and
+    target: it too returns a point of the third class, within eps."""
+    from autoattack.fab_pt import FABAttack_PT
+
+    model, (x, y) = ThirdClass(), inputs()
+    ref = FABAttack_PT(
+        model, n_restarts=1, n_iter=20, eps=0.2, norm="Linf", targeted=True,
+        n_target_classes=1, device="cpu", seed=0,
+    )  # fmt: skip
+    ref.target_class = 2  # the reference's index: the second-highest clean logit, class 1
+    x_ref = ref.perturb(x.float(), y)
+    with torch.no_grad():
+        assert model(x_ref.double()).argmax(1).tolist() == [2, 2]
+    assert float((x_ref.double() - x).abs().amax()) <= 0.2 + 1e-6  # the reference is float32
