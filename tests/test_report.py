@@ -17,8 +17,8 @@ from robustlab.errors import ConfigError
 
 
 def _train(run_dir: Path, seed: int, callbacks: list | None = None) -> Path:
+    from robustlab.api import train  # composes the run: robustlab's callbacks by name
     from robustlab.config import load_config
-    from robustlab.train import train
 
     overrides = [
         "data.dataset=mnist-mini", "data.n_train=256", "data.n_val=0", "data.batch_size=64",

@@ -34,8 +34,8 @@ _AT = [
 @pytest.fixture(scope="session")
 def mnist_runs(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> dict[str, Path]:
     """Train both models (about a minute on 2 busy cores) and analyse them with the CLI."""
+    from robustlab.api import train  # composes the run: robustlab's callbacks by name
     from robustlab.config import load_config
-    from robustlab.train import train
 
     root = tmp_path_factory.mktemp("mnist_runs")
     runs = {}

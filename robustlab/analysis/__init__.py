@@ -1,10 +1,23 @@
-"""Analyses: functions from (model, data) to per-sample arrays and summary numbers.
+"""Analyses: functions from (model, data) to per-sample arrays and summary numbers, and the
+registry of :class:`~robustlab.analysis.base.Analysis` plugins built on them.
 
 ``logits`` (arXiv:2108.12001), ``jacobian`` (arXiv:2011.13538), ``fisher`` (arXiv:1906.02494),
 ``margins`` and ``dynamics`` (arXiv:2302.03015); the papers are listed in the documentation's
 "Papers" page. Figures are drawn from these arrays in :mod:`robustlab.report`.
+Each is registered in ``analysis/registered/``; importing this package also registers the
+``analysis`` and ``snapshot`` training callbacks.
 """
 
+from robustlab.analysis.base import (
+    Analysis,
+    AnalysisInputs,
+    AnalysisResult,
+    Figure,
+    analysis_names,
+    get_analysis,
+    register_analysis,
+    registered_analyses,
+)
 from robustlab.analysis.dynamics import (
     boundary_speed,
     conflicting_dynamics,
@@ -43,4 +56,17 @@ __all__ = [
     "logit_statistics",
     "spearman",
     "summarize",
+]
+
+from robustlab.analysis import callbacks, snapshots  # noqa: E402, F401 - register the callbacks
+
+__all__ += [
+    "Analysis",
+    "AnalysisInputs",
+    "AnalysisResult",
+    "Figure",
+    "analysis_names",
+    "get_analysis",
+    "register_analysis",
+    "registered_analyses",
 ]

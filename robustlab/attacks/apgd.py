@@ -17,13 +17,13 @@ with CUDA, rows are compacted every few iterations so that the loop has no host 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor, nn
 
 from robustlab.attacks.base import Attack, register_attack, resolve_threat
-from robustlab.attacks.core import make_objective, subset_threat
+from robustlab.attacks.core import Objective, make_objective
 from robustlab.attacks.threat import L1, ThreatModel
 from robustlab.errors import RobustlabError
 
@@ -53,6 +53,158 @@ def apgd_checkpoints(steps: int) -> list[int]:
 
 def _rows(mask: Tensor, like: Tensor) -> Tensor:
     return mask.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+@dataclass
+class _State:
+    """The rows still attacked, and APGD's per-row state for them (all tensors share the
+    leading row dimension; ``t`` is None when untargeted)."""
+
+    idx: Tensor  # rows of the original batch
+    grp: Tensor  # group of each row (early stop drops whole groups)
+    x0: Tensor  # clean inputs
+    y: Tensor
+    t: Tensor | None  # target labels
+    xa: Tensor  # current iterate
+    x_prev: Tensor  # previous iterate (momentum)
+    grad: Tensor
+    eta: Tensor  # step size (N, 1, ...)
+    x_best: Tensor
+    grad_best: Tensor
+    loss_best: Tensor
+    loss_prev: Tensor
+    count: Tensor  # steps since the last checkpoint where the loss went up
+    loss_last: Tensor  # best loss at the last checkpoint
+    reduced_last: Tensor  # the step size was halved at the last checkpoint
+    found: Tensor  # misclassified at some iterate
+    x_found: Tensor  # the first misclassified iterate
+
+    def keep(self, rows: Tensor) -> _State:
+        """The state of the rows where ``rows`` is True."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = v[rows] if v is not None else None
+        return _State(**out)
+
+
+class _Run:
+    """One APGD run: the loss and its gradient, checkpoints, and the rows' outputs."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        objective: Objective,
+        eot_iter: int,
+        early_stop: bool,
+    ) -> None:
+        self.model, self.objective, self.eot_iter = model, objective, eot_iter
+        self.early_stop = early_stop
+        n, dev = x.shape[0], x.device
+        self.out = x.clone()
+        self.broken = torch.zeros(n, dtype=torch.bool, device=dev)
+        self.loss_out = torch.full((n,), float("-inf"), device=dev)
+
+    def grad_loss(self, xa: Tensor, ya: Tensor, ta: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        g = None
+        for _ in range(self.eot_iter):
+            xr = xa.detach().requires_grad_(True)
+            logits = self.model(xr)
+            lv = self.objective(logits, ya, ta)
+            (gi,) = torch.autograd.grad(lv.sum(), xr)
+            g = gi if g is None else g + gi
+        assert g is not None
+        wrong = logits.detach().argmax(1) != ya
+        return g / self.eot_iter, lv.detach().float(), wrong
+
+    def flush(self, st: _State, final: bool) -> _State:
+        """Record found rows (and, at the end, all rows); drop finished groups."""
+        idx, found = st.idx, st.found
+        if final:
+            self.out[idx] = torch.where(_rows(found, st.xa), st.x_found, st.x_best)
+            self.broken[idx] = found
+            self.loss_out[idx] = st.loss_best
+            return st
+        if not (self.early_stop and bool(found.any())):
+            return st
+        self.out[idx[found]] = st.x_found[found]
+        self.broken[idx[found]] = True
+        self.loss_out[idx] = st.loss_best
+        done = torch.isin(st.grp, st.grp[found])
+        # rows dropped with their group keep their best-loss point
+        sib = done & ~found
+        self.out[idx[sib]] = st.x_best[sib]
+        return st.keep(~done)
+
+
+def _start(
+    run: _Run,
+    x: Tensor,
+    y: Tensor,
+    threat: ThreatModel,
+    y_target: Tensor | None,
+    groups: Tensor | None,
+    generator: torch.Generator | None,
+    x_init: Tensor | None,
+) -> _State:
+    n, dev = x.shape[0], x.device
+    xa = threat.random_start(x, generator) if x_init is None else threat.project(x_init.detach(), x)
+    eps = threat.eps_like(x)
+    grad, lv, wrong = run.grad_loss(xa, y, y_target)
+    eta = (2.0 * eps).expand(n, *([1] * (x.dim() - 1))).clone()
+    return _State(
+        idx=torch.arange(n, device=dev),
+        grp=groups.to(dev) if groups is not None else torch.arange(n, device=dev),
+        x0=x,
+        y=y,
+        t=y_target,
+        xa=xa,
+        x_prev=xa.clone(),
+        grad=grad,
+        eta=eta,
+        x_best=xa.clone(),
+        grad_best=grad.clone(),
+        loss_best=lv.clone(),
+        loss_prev=lv.clone(),
+        count=torch.zeros(n, device=dev),
+        loss_last=lv.clone(),
+        reduced_last=torch.ones(n, dtype=torch.bool, device=dev),
+        found=wrong,
+        x_found=xa.clone(),
+    )
+
+
+@torch.no_grad()
+def _record(st: _State, x_new: Tensor, grad: Tensor, lv: Tensor, wrong: Tensor) -> None:
+    """Book-keeping after one step: first hits, best points, the loss-increase count."""
+    newly = wrong & ~st.found
+    st.x_found = torch.where(_rows(newly, x_new), x_new, st.x_found)
+    st.found = st.found | wrong
+    st.count += (lv > st.loss_prev).float()
+    st.loss_prev = lv
+    better = lv > st.loss_best
+    rb = _rows(better, x_new)
+    st.x_best = torch.where(rb, x_new, st.x_best)
+    st.grad_best = torch.where(rb, grad, st.grad_best)
+    st.loss_best = torch.where(better, lv, st.loss_best)
+    st.x_prev, st.xa, st.grad = st.xa, x_new, grad
+
+
+@torch.no_grad()
+def _checkpoint(st: _State, k: int, rho: float) -> None:
+    """Halve the step size (restarting from the best point) where the loss oscillated or
+    neither the step size nor the best loss changed since the last checkpoint."""
+    osc = st.count <= k * rho
+    no_impr = ~st.reduced_last & (st.loss_last >= st.loss_best)
+    red = osc | no_impr
+    st.reduced_last = red
+    st.loss_last = st.loss_best.clone()
+    rr = _rows(red, st.xa)
+    st.eta = torch.where(rr, st.eta / 2.0, st.eta)
+    st.xa = torch.where(rr, st.x_best, st.xa)
+    st.grad = torch.where(rr, st.grad_best, st.grad)
+    st.count = torch.zeros_like(st.count)
 
 
 def apgd(
@@ -91,120 +243,30 @@ def apgd(
     n, dev = x.shape[0], x.device
     if compact_every is None:
         compact_every = 4 if dev.type == "cuda" else 1
-    checks = set(apgd_checkpoints(steps))
-    k_sizes = {}
-    prev = 0
-    for c in sorted(checks):
-        k_sizes[c] = c - prev
-        prev = c
+    checks = apgd_checkpoints(steps)
+    k_sizes = {c: c - p for c, p in zip(checks, [0, *checks[:-1]], strict=True)}
 
-    out = x.clone()
-    broken = torch.zeros(n, dtype=torch.bool, device=dev)
-    loss_out = torch.full((n,), float("-inf"), device=dev)
-
-    def grad_loss(xa: Tensor, ya: Tensor, ta: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        g = None
-        for _ in range(eot_iter):
-            xr = xa.detach().requires_grad_(True)
-            logits = model(xr)
-            lv = objective(logits, ya, ta)
-            (gi,) = torch.autograd.grad(lv.sum(), xr)
-            g = gi if g is None else g + gi
-        assert g is not None
-        wrong = logits.detach().argmax(1) != ya
-        return g / eot_iter, lv.detach().float(), wrong
-
-    th = threat
-    xa = th.random_start(x, generator) if x_init is None else th.project(x_init.detach(), x)
-    eps = th.eps_like(x)
-    st: dict[str, Tensor] = {
-        "idx": torch.arange(n, device=dev),
-        "grp": groups.to(dev) if groups is not None else torch.arange(n, device=dev),
-        "x0": x,
-        "y": y,
-    }
-    if y_target is not None:
-        st["t"] = y_target
-    grad, lv, wrong = grad_loss(xa, y, y_target)
-    eta = (2.0 * eps).expand(n, *([1] * (x.dim() - 1))).clone()
-    st.update(
-        xa=xa,
-        x_prev=xa.clone(),
-        grad=grad,
-        eta=eta,
-        x_best=xa.clone(),
-        grad_best=grad.clone(),
-        loss_best=lv.clone(),
-        loss_prev=lv.clone(),
-        count=torch.zeros(n, device=dev),
-        loss_last=lv.clone(),
-        reduced_last=torch.ones(n, dtype=torch.bool, device=dev),
-        found=wrong,
-        x_found=xa.clone(),
-    )
-
-    def flush(st: dict[str, Tensor], final: bool) -> dict[str, Tensor]:
-        """Record found rows (and, at the end, all rows); drop finished groups."""
-        idx, found = st["idx"], st["found"]
-        if final:
-            out[idx] = torch.where(_rows(found, st["xa"]), st["x_found"], st["x_best"])
-            broken[idx] = found
-            loss_out[idx] = st["loss_best"]
-            return st
-        if not (early_stop and bool(found.any())):
-            return st
-        out[idx[found]] = st["x_found"][found]
-        broken[idx[found]] = True
-        loss_out[idx] = st["loss_best"]
-        done = torch.isin(st["grp"], st["grp"][found])
-        # rows dropped with their group keep their best-loss point
-        sib = done & ~found
-        out[idx[sib]] = st["x_best"][sib]
-        keep = ~done
-        return {k: v[keep] for k, v in st.items()}
-
-    st = flush(st, final=False)
+    run = _Run(model, x, objective, eot_iter, early_stop)
+    st = run.flush(_start(run, x, y, threat, y_target, groups, generator, x_init), final=False)
     since_flush = 0
     for i in range(steps):
-        if st["idx"].numel() == 0:
+        if st.idx.numel() == 0:
             break
-        ths = subset_threat(threat, st["idx"]) if st["idx"].numel() != n else threat
-        xa, x_prev, x0 = st["xa"], st["x_prev"], st["x0"]
+        ths = threat.subset(st.idx) if st.idx.numel() != n else threat
         with torch.no_grad():
             a = momentum if i > 0 else 1.0
-            z = ths.project(ths.step(xa, st["grad"], st["eta"].reshape(-1)), x0)
-            x_new = ths.project(xa + a * (z - xa) + (1.0 - a) * (xa - x_prev), x0)
-        grad, lv, wrong = grad_loss(x_new, st["y"], st.get("t"))
-        with torch.no_grad():
-            newly = wrong & ~st["found"]
-            st["x_found"] = torch.where(_rows(newly, x_new), x_new, st["x_found"])
-            st["found"] = st["found"] | wrong
-            st["count"] += (lv > st["loss_prev"]).float()
-            st["loss_prev"] = lv
-            better = lv > st["loss_best"]
-            rb = _rows(better, x_new)
-            st["x_best"] = torch.where(rb, x_new, st["x_best"])
-            st["grad_best"] = torch.where(rb, grad, st["grad_best"])
-            st["loss_best"] = torch.where(better, lv, st["loss_best"])
-            st["x_prev"], st["xa"], st["grad"] = xa, x_new, grad
-            if i + 1 in checks:
-                k = k_sizes[i + 1]
-                osc = st["count"] <= k * rho
-                no_impr = ~st["reduced_last"] & (st["loss_last"] >= st["loss_best"])
-                red = osc | no_impr
-                st["reduced_last"] = red
-                st["loss_last"] = st["loss_best"].clone()
-                rr = _rows(red, x_new)
-                st["eta"] = torch.where(rr, st["eta"] / 2.0, st["eta"])
-                st["xa"] = torch.where(rr, st["x_best"], st["xa"])
-                st["grad"] = torch.where(rr, st["grad_best"], st["grad"])
-                st["count"] = torch.zeros_like(st["count"])
+            z = ths.project(ths.step(st.xa, st.grad, st.eta.reshape(-1)), st.x0)
+            x_new = ths.project(st.xa + a * (z - st.xa) + (1.0 - a) * (st.xa - st.x_prev), st.x0)
+        grad, lv, wrong = run.grad_loss(x_new, st.y, st.t)
+        _record(st, x_new, grad, lv, wrong)
+        if i + 1 in k_sizes:
+            _checkpoint(st, k_sizes[i + 1], rho)
         since_flush += 1
         if since_flush >= compact_every:
-            st = flush(st, final=False)
+            st = run.flush(st, final=False)
             since_flush = 0
-    flush(st, final=True)
-    return APGDResult(out, broken, loss_out)
+    run.flush(st, final=True)
+    return APGDResult(run.out, run.broken, run.loss_out)
 
 
 def apgd_targeted(
@@ -253,7 +315,7 @@ def apgd_targeted(
         rows_y = y[todo].repeat(nt)
         rows_t = order[todo, j0 : j0 + nt].T.reshape(-1)
         grp = torch.arange(todo.numel(), device=x.device).repeat(nt)
-        th = subset_threat(threat, todo.repeat(nt))
+        th = threat.subset(todo.repeat(nt))
         res = apgd(
             model,
             rows_x,
@@ -317,7 +379,7 @@ class _APGDBase(Attack):
             todo = (~broken).nonzero().squeeze(1)
             if todo.numel() == 0:
                 break
-            res = self._single(model, x[todo], y[todo], subset_threat(self.threat, todo), generator)
+            res = self._single(model, x[todo], y[todo], self.threat.subset(todo), generator)
             better = res.broken | (res.loss_best > best[todo])
             out[todo[better]] = res.x_adv[better]
             best[todo] = torch.maximum(best[todo], res.loss_best)

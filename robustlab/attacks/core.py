@@ -175,7 +175,5 @@ def select_targets(
 
 
 def subset_threat(threat: ThreatModel, index: Tensor) -> ThreatModel:
-    """The same threat model restricted to rows ``index`` (matters for per-sample eps)."""
-    if isinstance(threat.eps, Tensor) and threat.eps.dim() > 0:
-        return type(threat)(threat.eps[index.to(threat.eps.device)])
-    return threat
+    """The same threat model restricted to rows ``index``: :meth:`ThreatModel.subset`."""
+    return threat.subset(index)

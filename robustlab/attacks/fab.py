@@ -44,11 +44,6 @@ __all__ = [
 ]
 
 
-def _eps_vector(threat: ThreatModel, x: Tensor) -> Tensor:
-    e = torch.as_tensor(threat.eps, dtype=x.dtype, device=x.device).flatten()
-    return e.expand(x.shape[0]) if e.numel() == 1 else e
-
-
 @register_attack("fab")
 class FAB(Attack):
     """Untargeted FAB (Croce & Hein 2020): minimal perturbations, Linf, L2 or L1.
@@ -131,7 +126,7 @@ class FAB(Attack):
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
         self._checked_logits(model, x, y)
-        res = self._solve(model, x, y, generator, eps=_eps_vector(self.threat, x))
+        res = self._solve(model, x, y, generator, eps=self.threat.eps_vector(x))
         return torch.where(res.found.reshape(-1, *[1] * (x.dim() - 1)), res.x_boundary, x)
 
 
@@ -190,7 +185,7 @@ class FABTargeted(FAB):
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
         logits = self._checked_logits(model, x, y)
         targets = self._targets(logits, y)
-        eps = _eps_vector(self.threat, x)
+        eps = self.threat.eps_vector(x)
         x_adv = x.clone()
         robust = hard_margin(logits, y) > 0
         n_t = min(self.n_target_classes, targets.shape[1])

@@ -20,7 +20,6 @@ from robustlab.attacks.core import (
     Objective,
     make_objective,
     select_targets,
-    subset_threat,
 )
 from robustlab.attacks.threat import ThreatModel
 from robustlab.errors import RobustlabError
@@ -52,11 +51,14 @@ def step_schedule(step_size: float, steps: int, schedule: str = "constant") -> l
     return out
 
 
-def default_step_size(threat: ThreatModel, steps: int) -> float:
-    """Madry et al.'s rule ``2.5 * eps / steps`` (at least enough to cross the ball)."""
-    eps = threat.eps
+def default_step_size(threat: ThreatModel | float, steps: int, factor: float = 2.5) -> float:
+    """The one default PGD step size: Madry et al.'s ``2.5 * eps / steps`` (enough to cross the
+    ball); ``factor`` replaces 2.5 where a method says otherwise. ``threat`` may be an eps
+    (a per-sample eps uses its largest radius). Attacks, training objectives and validation
+    all take it from here."""
+    eps = threat.eps if isinstance(threat, ThreatModel) else threat
     e = float(eps.max()) if isinstance(eps, Tensor) else float(eps)
-    return 2.5 * e / max(steps, 1)
+    return factor * e / max(steps, 1)
 
 
 def _check_params(steps: int, restarts: int, step_size: float | None) -> None:
@@ -103,7 +105,7 @@ def _run(
                     return out, broken, None
                 idx, ya, x0, xa, grad = idx[keep], ya[keep], x0[keep], xa[keep], grad[keep]
                 ta = ta[keep] if ta is not None else None
-                tha = subset_threat(threat, idx)
+                tha = threat.subset(idx)
         with torch.no_grad():
             xa = tha.project(tha.step(xa, grad, size), x0)
     out[idx] = xa.detach()
@@ -157,7 +159,7 @@ def pgd(
             break
         xs, ys = x[todo], y[todo]
         ts = y_target[todo] if y_target is not None else None
-        th = subset_threat(threat, todo)
+        th = threat.subset(todo)
         # restarts after the first always start at random (a repeat of a run would be wasted)
         start = th.random_start(xs, generator) if (random_start or r > 0) else xs.clone()
         adv, hit, final = _run(

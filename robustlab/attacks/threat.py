@@ -56,6 +56,22 @@ class ThreatModel(ABC):
         e = self.eps if not isinstance(self.eps, Tensor) else f"tensor{tuple(self.eps.shape)}"
         return f"{type(self).__name__}(eps={e})"
 
+    @property
+    def per_sample_eps(self) -> bool:
+        """True when ``eps`` holds one radius per sample."""
+        return isinstance(self.eps, Tensor) and self.eps.dim() > 0 and self.eps.numel() > 1
+
+    def subset(self, index: Tensor) -> ThreatModel:
+        """The same threat model for rows ``index`` of the batch (per-sample eps sliced; a
+        scalar eps is shared, so ``self`` is returned)."""
+        if isinstance(self.eps, Tensor) and self.eps.dim() > 0:
+            return type(self)(self.eps[index.to(self.eps.device)])
+        return self
+
+    def eps_vector(self, like: Tensor) -> Tensor:
+        """``eps`` as an (N,) tensor for the batch ``like`` (its device and dtype)."""
+        return _eps_vector(self.eps, like)
+
     @staticmethod
     def norm_of(v: Tensor, p: float) -> Tensor:
         """Per-sample Lp norm of a batch, shape (N,)."""

@@ -11,7 +11,7 @@ from robustlab.errors import RobustlabError
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``analyze`` subcommand."""
-    from robustlab.analysis.run import ANALYSES
+    from robustlab.analysis.base import analysis_names
 
     p = subparsers.add_parser(
         "analyze",
@@ -22,8 +22,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
                    help="run directories (or/and --model/--weights)")  # fmt: skip
-    names = ",".join(ANALYSES)
-    p.add_argument("--what", default=names, help=f"comma-separated analyses (default: {names})")
+    names = ",".join(analysis_names(default_only=True))
+    p.add_argument(
+        "--what",
+        default=None,
+        help=f"comma-separated analyses: {','.join(analysis_names())} (default: {names})",
+    )
     p.add_argument("--n", type=int, default=1000, help="test samples to analyse (default 1000)")
     p.add_argument("--norm", default="linf", help="threat norm for margins/dynamics: linf or l2")
     p.add_argument("--eps", default=None,
@@ -90,19 +94,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _headline(s: dict) -> str:
+    """Each registered analysis's headline numbers (:meth:`Analysis.headline`), in order,
+    after the input normalization of third-party weights."""
+    from robustlab.analysis.base import registered_analyses
     from robustlab.cli.third_party import print_normalization
 
     norm = s.get("meta", {}).get("input_normalization")
     parts = [print_normalization(norm)] if norm else []
-    if "logits" in s:
-        parts.append(f"max logit {s['logits']['max_logit']['mean']:.3g}")
-        parts.append(f"gap {s['logits']['gap']['mean']:.3g}")
-    if "margins" in s:
-        parts.append(f"margin {s['margins']['margin_mean']:.3g}")
-    for label, d in s.get("dynamics", {}).get("objectives", {}).items():
-        parts.append(f"neg. speed ({label}) {d['frac_negative_speed']:.2f}")
-    if "jacobian" in s:
-        parts.append(f"|J|_F {s['jacobian']['fro_mean']:.3g}")
-    if "fisher" in s:
-        parts.append(f"|F|_F {s['fisher']['fisher_fro_mean']:.3g}")
+    parts += [
+        text
+        for analysis in registered_analyses()
+        if isinstance(s.get(analysis.name), dict)
+        for text in analysis.headline(s[analysis.name])
+    ]
     return ", ".join(parts) + " (written to analysis/)"

@@ -56,8 +56,8 @@ def _say(msg: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from robustlab.api import train  # composes the run: robustlab's callbacks by name
     from robustlab.cli import main as cli_main
-    from robustlab.train import train
 
     root = Path(args.run_dir)
     runs = {

@@ -287,16 +287,9 @@ def _load(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]]:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``robustlab eval``; returns the exit status."""
-    from robustlab.attacks import parse_eps
     from robustlab.cli.eval_output import print_text, sanity_checks, save_adv, write_records
     from robustlab.data import load_split
-    from robustlab.evaluate import (
-        default_batch_size,
-        eps_sweep,
-        resolve_device,
-        sweep_summary,
-        sweep_values,
-    )
+    from robustlab.evaluate import default_batch_size, eps_sweep, resolve_device, sweep_summary
     from robustlab.io import write_json
     from robustlab.train.rundir import EvalDir
 
@@ -306,24 +299,7 @@ def run(args: argparse.Namespace) -> int:
         raise RobustlabError(f"--n must be >= 1, got {args.n}")
     threat_norm = _threat_norm(args.norm)
     attacking = args.attack is not None
-    eps_list: list[float] = []
-    if attacking:
-        main_eps = parse_eps(args.eps) if args.eps is not None else None
-        sweep = None
-        if args.eps_sweep is not None:
-            sweep = [parse_eps(e) for e in args.eps_sweep.split(",") if e.strip()]
-        eps_list = sweep_values(main_eps, sweep)
-        kw = _attack_kwargs(args)
-        from robustlab.cli.attack_spec import build_attack
-
-        attacks = [
-            build_attack(args.attack, e, threat_norm, args.seed, kw, _make_attack) for e in eps_list
-        ]
-        main_eps = eps_list[-1] if main_eps is None else main_eps
-    else:
-        given = [o for o in ("eps", "eps_sweep", "save_adv", "sanity") if getattr(args, o)]
-        if given or _attack_kwargs(args):
-            raise RobustlabError("attack options need --attack (e.g. --attack pgd --eps 0.3)")
+    eps_list, attacks, main_eps = _plan_attacks(args, threat_norm)
 
     from robustlab.cli import eval_dist
 
@@ -436,6 +412,29 @@ def _clean_only(args, model, dataset, source, x, y, bs, device) -> int:  # noqa:
             f"{100 * acc:.2f}% ({result['correct']}/{n}) [{seconds:.1f}s on {device}]"
         )
     return 0
+
+
+def _plan_attacks(args: argparse.Namespace, norm: str) -> tuple[list[float], list[Any], float]:
+    """The eps values (``--eps`` and ``--eps-sweep``), one attack per eps, and the main eps;
+    attack options without ``--attack`` are an error."""
+    from robustlab.attacks import parse_eps
+    from robustlab.evaluate import sweep_values
+
+    if args.attack is None:
+        given = [o for o in ("eps", "eps_sweep", "save_adv", "sanity") if getattr(args, o)]
+        if given or _attack_kwargs(args):
+            raise RobustlabError("attack options need --attack (e.g. --attack pgd --eps 0.3)")
+        return [], [], 0.0
+    main_eps = parse_eps(args.eps) if args.eps is not None else None
+    sweep = None
+    if args.eps_sweep is not None:
+        sweep = [parse_eps(e) for e in args.eps_sweep.split(",") if e.strip()]
+    eps_list = sweep_values(main_eps, sweep)
+    kw = _attack_kwargs(args)
+    from robustlab.cli.attack_spec import build_attack
+
+    attacks = [build_attack(args.attack, e, norm, args.seed, kw, _make_attack) for e in eps_list]
+    return eps_list, attacks, eps_list[-1] if main_eps is None else main_eps
 
 
 def _threat_norm(norm: str | None) -> str:

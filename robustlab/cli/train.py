@@ -67,8 +67,8 @@ def _add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
 
 
 def run(args: argparse.Namespace) -> int:
+    from robustlab.api import train  # composes the run: builds the configured callbacks
     from robustlab.config import load_config
-    from robustlab.train import train
 
     recipe: str | None = None
     overrides: list[str] = []

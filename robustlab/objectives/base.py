@@ -321,6 +321,8 @@ def validate_threat(obj: Any, step_default_factor: float | None = 2.5, steps_min
     if obj.step_size is None:
         if step_default_factor is None:
             raise ConfigError(f"objective {name!r}: step_size is required")
-        obj.step_size = step_default_factor * obj.eps / max(obj.steps, 1)
+        from robustlab.attacks.pgd import default_step_size
+
+        obj.step_size = default_step_size(obj.eps, obj.steps, step_default_factor)
     else:
         obj.step_size = check_eps(name, "step_size", obj.step_size)

@@ -247,3 +247,33 @@ def curves_grid(
         ax.axis("off")
     axes[0][0].legend(fontsize=7)
     return _png(fig)
+
+
+def epoch_curves(runs: Sequence[Any]) -> bytes | None:
+    """One panel per number logged per epoch (``analysis/*`` and the validation accuracies),
+    a curve per run; None when no run logged any."""
+    keys = sorted(
+        {
+            k
+            for r in runs
+            for rec in r.epochs
+            for k in rec
+            if (k.startswith("analysis/") or (k.startswith("val_") and k.endswith("acc")))
+            and isinstance(rec[k], (int, float))
+            and not isinstance(rec[k], bool)
+        }
+    )
+    panels = {}
+    for k in keys:
+        series = {}
+        for r in runs:
+            pts = [
+                (rec["epoch"], rec[k])
+                for rec in r.epochs
+                if isinstance(rec.get(k), (int, float)) and rec.get("epoch") is not None
+            ]
+            if pts:
+                series[r.name] = ([p[0] for p in pts], [p[1] for p in pts])
+        if series:
+            panels[k.removeprefix("analysis/")] = series
+    return curves_grid(panels, "epoch") if panels else None

@@ -2,14 +2,14 @@
 
 A callback is any object with ``on_epoch_end(ctx: EpochContext) -> None``, registered under a
 name with :func:`register_callback` (a class or factory taking the config's keyword
-arguments). Higher layers (``robustlab.analysis``) register theirs without this module
-importing them: names not yet registered are looked up once in the plugin modules listed in
-``PLUGIN_MODULES``, imported lazily.
+arguments). Callbacks are built where a run is composed, not by the loop: ``robustlab train``
+and :func:`robustlab.api.train` import the modules that register robustlab's own callbacks
+(``robustlab.analysis``) and pass the built callbacks to :func:`robustlab.train.train`, which
+only looks names up in this registry. Nothing here imports a higher layer.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,20 +28,20 @@ __all__ = [
     "available_callbacks",
     "create_callback",
     "build_callbacks",
-    "PLUGIN_MODULES",
 ]
-
-# Modules that register callbacks when imported (imported only when a name is looked up).
-PLUGIN_MODULES = ["robustlab.analysis.callbacks", "robustlab.analysis.snapshots"]
 
 
 @dataclass
 class EpochContext:
-    """What a callback sees at the end of an epoch (rank 0 only).
+    """What a callback sees at the end of an epoch (rank 0 only): the live run.
 
     ``model`` is the delivered model (EMA weights when EMA is on), unwrapped and in eval mode;
-    ``raw_model`` the trained weights themselves. ``log`` adds numbers to the epoch record of
-    ``metrics.jsonl``; ``run_dir / "analysis"`` is the place for files.
+    ``raw_model`` the trained (live) weights themselves; ``ema_model`` the EMA model (None
+    without EMA); :meth:`model_for` picks one by name. ``objective`` is the live training
+    objective (with its per-sample caches, e.g. distillation's teacher targets, indexed by
+    training-set index) and ``batch_index`` the training-set indices of the epoch's last batch.
+    ``log`` adds numbers to the epoch record of ``metrics.jsonl``; files go under
+    ``RunDir(run_dir).analysis_dir``.
     """
 
     model: nn.Module
@@ -53,7 +53,22 @@ class EpochContext:
     config: Config
     device: torch.device
     rank: int = 0
+    objective: Any = None
+    ema_model: nn.Module | None = None
+    batch_index: torch.Tensor | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+
+    def model_for(self, weights: str = "delivered") -> nn.Module:
+        """``delivered`` (EMA when on), ``live`` (the trained weights) or ``ema``."""
+        if weights == "delivered":
+            return self.model
+        if weights == "live":
+            return self.raw_model
+        if weights == "ema" and self.ema_model is not None:
+            return self.ema_model
+        if weights == "ema":
+            raise ConfigError("callbacks: weights=ema needs train.ema_decay > 0")
+        raise ConfigError(f"callbacks: weights must be delivered, live or ema, not {weights!r}")
 
     def log(self, values: dict[str, Any]) -> None:
         """Add ``values`` (numbers) to this epoch's record."""
@@ -65,7 +80,6 @@ class Callback(Protocol):
 
 
 _CALLBACKS: dict[str, Callable[..., Callback]] = {}
-_plugins_loaded = False
 
 
 def register_callback(name: str) -> Callable[[Callable[..., Callback]], Callable[..., Callback]]:
@@ -78,32 +92,18 @@ def register_callback(name: str) -> Callable[[Callable[..., Callback]], Callable
     return deco
 
 
-def _load_plugins() -> None:
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    for mod in PLUGIN_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name is None or not mod.startswith(e.name):
-                raise
-
-
 def available_callbacks() -> list[str]:
-    """Names of all registered callbacks (plugins included)."""
-    _load_plugins()
+    """Names of all registered callbacks."""
     return sorted(_CALLBACKS)
 
 
 def create_callback(spec: CallbackConfig) -> Callback:
     """Build one callback from its config entry; unknown names list the known ones."""
     if spec.name not in _CALLBACKS:
-        _load_plugins()
-    if spec.name not in _CALLBACKS:
         raise ConfigError(
-            f"callbacks: unknown callback {spec.name!r}; choose one of {available_callbacks()}"
+            f"callbacks: unknown callback {spec.name!r}; choose one of {available_callbacks()} "
+            "(robustlab's own are registered by importing robustlab.analysis, which "
+            "robustlab train and robustlab.api.train do)"
         )
     try:
         cb = _CALLBACKS[spec.name](**spec.kwargs)

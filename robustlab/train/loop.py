@@ -62,6 +62,7 @@ from robustlab.train.rundir import (
     remove_if_unused,
     truncate_metrics,
 )
+from robustlab.train.summary import run_summary
 from robustlab.train.validation import validate
 
 __all__ = ["train", "validate", "Trainer"]
@@ -71,16 +72,22 @@ def train(
     config: Config | dict[str, Any],
     run_dir: str | Path | None = None,
     resume: bool = False,
+    callbacks: list[tuple[Any, Any]] | None = None,
 ) -> Path:
     """Train according to ``config``; returns the run directory (complete on return).
 
     ``run_dir`` defaults to ``runs/<config.name>``. With ``resume`` the run continues from
     ``RUN/checkpoints/last.pt`` (or starts if there is none yet); a complete run is returned
     as is. Launched by ``torchrun`` this trains with DistributedDataParallel.
+
+    ``callbacks``: ``[(CallbackConfig, callback), ...]`` built by the caller (the place the
+    run is composed: ``robustlab train``, :func:`robustlab.api.train`); default: the config's
+    ``callbacks`` from the callback registry as it stands (this function imports no plugin).
     """
     cfg = config if isinstance(config, Config) else config_from_dict(config)
     objective = check_objective(cfg)  # unknown objective / bad hyperparameters, before any I/O
-    callbacks = build_callbacks(cfg)
+    if callbacks is None:  # from the registry: callbacks registered by modules already imported
+        callbacks = build_callbacks(cfg)
     started_pg = not torch.distributed.is_initialized()
     dist = setup_distributed(cfg.train.device)
     try:
@@ -119,6 +126,7 @@ class Trainer:
         self.device = dist.device
         self.main = dist.is_main
         self.tb: Any = None
+        self.last_index: Tensor | None = None
 
     # ------------------------------------------------------------------------------ setup
     def _prepare(self) -> None:
@@ -291,6 +299,7 @@ class Trainer:
         )
         opt, sched, scaler = self.optimizer, self.scheduler, self.scaler
         for x, y, idx in self._batches():
+            self.last_index = idx
             if cl:
                 x = x.contiguous(memory_format=torch.channels_last)
             state.step = self.step
@@ -376,6 +385,9 @@ class Trainer:
                 config=cfg,
                 device=self.device,
                 rank=self.dist.rank,
+                objective=self.objective,
+                ema_model=self.ema.module if self.ema is not None else None,
+                batch_index=self.last_index,
             )
             for spec, cb in self.callbacks:
                 if (self.epoch + 1) % spec.every == 0 or last_epoch:
@@ -390,33 +402,12 @@ class Trainer:
         return rec
 
     def _finish(self, last: dict[str, Any], seconds: float, images: int) -> None:
-        cfg, rd = self.cfg, self.rundir
-        summary = {
-            "name": cfg.name,
-            "complete": True,
-            "epochs": cfg.train.epochs,
-            "steps": self.step,
-            "world_size": self.dist.world_size,
-            "device": str(self.device),
-            "objective": {"name": cfg.objective.name, **cfg.objective.params},
-            "model": cfg.model.name,
-            "dataset": cfg.data.dataset,
-            "n_train": len(self.data.train),
-            "n_val": len(self.data.val) if self.data.val is not None else 0,
-            "time_s": seconds,
-            "images_per_s": images / seconds if seconds > 0 else None,
-            "final": {k: v for k, v in last.items() if k != "kind"},
-            "best": self.best,
-            "checkpoints": {
-                "best": rd.relative(rd.checkpoint("best")),
-                "last": rd.relative(rd.checkpoint("last")),
-                "best_weights": rd.relative(rd.weights("best")),
-            },
-        }
+        rd = self.rundir
+        summary = run_summary(self, last, seconds, images)
         if self.ema is not None:
             export_weights(rd.root, "ema", self.ema.module, step=self.step)
             summary["checkpoints"]["ema_weights"] = rd.relative(rd.weights("ema"))
-        write_json(self.rundir.summary, summary)
+        write_json(rd.summary, summary)
 
     # ------------------------------------------------------------------------------ logging
     def _log(self, rec: dict[str, Any]) -> None:
@@ -433,7 +424,6 @@ class Trainer:
     def _payload(self) -> dict[str, Any]:
         rank_state = {"rng": rng_state(), "generator": self.generator.get_state()}
         ranks = gather_objects(rank_state)
-        obj_state = self.objective.state_dict() if hasattr(self.objective, "state_dict") else None
         return {
             "format": 1,
             "epoch": self.epoch,
@@ -443,13 +433,15 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "ema": self.ema.state_dict() if self.ema is not None else None,
+            **{k: _state(obj) for k, obj in self._stateful()},
             "ranks": ranks,
             "sums": {k: v.detach().cpu() for k, v in self.sums.items()},
             "best": self.best,
-            "objective": obj_state,
         }
+
+    def _stateful(self) -> list[tuple[str, Any]]:
+        """Optional parts with their own state (None where absent or stateless)."""
+        return [("scaler", self.scaler), ("ema", self.ema), ("objective", self.objective)]
 
     def _save_last(self) -> None:
         payload = self._payload()  # a collective under DDP: every rank builds it
@@ -479,15 +471,17 @@ class Trainer:
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
-        if self.scaler is not None and ck.get("scaler") is not None:
-            self.scaler.load_state_dict(ck["scaler"])
-        if self.ema is not None and ck.get("ema") is not None:
-            self.ema.load_state_dict(ck["ema"])
-        if ck.get("objective") is not None and hasattr(self.objective, "load_state_dict"):
-            self.objective.load_state_dict(ck["objective"])
+        for key, obj in self._stateful():
+            if ck.get(key) is not None and hasattr(obj, "load_state_dict"):
+                obj.load_state_dict(ck[key])
         mine = ck["ranks"][self.dist.rank]
         set_rng_state(mine["rng"])
         self.generator.set_state(mine["generator"])
         self.epoch, self.batch, self.step = int(ck["epoch"]), int(ck["batch"]), int(ck["step"])
         self.sums = {k: v.to(self.device) for k, v in ck.get("sums", {}).items()}
         self.best = ck.get("best")
+
+
+def _state(obj: Any) -> Any:
+    """``obj.state_dict()``, or None for an absent or stateless part."""
+    return obj.state_dict() if hasattr(obj, "state_dict") else None
