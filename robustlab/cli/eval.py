@@ -287,11 +287,8 @@ def _load(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]]:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``robustlab eval``; returns the exit status."""
-    from robustlab.cli.eval_output import print_text, sanity_checks, save_adv, write_records
     from robustlab.data import load_split
-    from robustlab.evaluate import default_batch_size, eps_sweep, resolve_device, sweep_summary
-    from robustlab.io import write_json
-    from robustlab.train.rundir import EvalDir
+    from robustlab.evaluate import default_batch_size, eps_sweep, resolve_device
 
     if args.batch_size is not None and args.batch_size < 1:
         raise RobustlabError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -327,7 +324,6 @@ def run(args: argparse.Namespace) -> int:
 
     sharding = eval_dist.sharding(dist_info) if dist_info else None
     run_dir = eval_dist.shared_run_dir(_run_dir(args)) if dist_info else _run_dir(args)
-    out = EvalDir(run_dir)
     model.to(device)
     results = eps_sweep(
         model,
@@ -345,12 +341,23 @@ def run(args: argparse.Namespace) -> int:
     if dist_info and not dist_info.is_main:
         return 0  # rank 0 alone checks, writes and prints
     main = results[eps_list.index(main_eps)]
+    return _finish(args, model, x, y, results, main, threat_norm, device, dataset, source, run_dir)
+
+
+def _finish(args, model, x, y, results, main, norm, device, dataset, source, run_dir) -> int:  # noqa: ANN001, E501
+    """Sanity checks, then the summary and per-sample records written, and printed."""
+    from robustlab.cli.eval_output import print_text, sanity_checks, save_adv, write_records
+    from robustlab.evaluate import sweep_summary
+    from robustlab.io import write_json
+    from robustlab.train.rundir import EvalDir
+
+    out = EvalDir(run_dir)
     sanity = (
         args.sanity if args.sanity is not None else args.attack.lower().startswith("autoattack")
     )
     checks: list[dict[str, Any]] = []
     if sanity:
-        checks = sanity_checks(model, x, y, main, results, threat_norm, device, args.seed)
+        checks = sanity_checks(model, x, y, main, results, norm, device, args.seed)
     summary = {
         **main.summary(),
         "model": args.model,
@@ -362,7 +369,7 @@ def run(args: argparse.Namespace) -> int:
         **source,
         "run_dir": str(run_dir),
     }
-    if len(eps_list) > 1:
+    if len(results) > 1:
         summary["eps_sweep"] = sweep_summary(results)
     if sanity:
         summary["sanity_checks"] = checks

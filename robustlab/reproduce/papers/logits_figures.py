@@ -17,8 +17,7 @@ __all__ = ["logits_figures"]
 
 
 def logits_figures(paper: Any, ctx: PlanContext, r: Results) -> list[tuple[str, str, bytes]]:
-    from robustlab.analysis.logits import confidence_disagreement
-    from robustlab.report.figures import confidence_scatter, image_grid, overlay_histograms
+    from robustlab.report.figures import overlay_histograms
     from robustlab.reproduce.papers.logits import AT_FRACTIONS, TEACHERS
 
     b, seeds = paper.budget(ctx), ctx.seeds
@@ -69,6 +68,29 @@ def logits_figures(paper: Any, ctx: PlanContext, r: Results) -> list[tuple[str, 
             grouped_bars(groups, bars, "accuracy"),
         )
     )
+    out += _a2_figures(paper, ctx, r)
+    series_a4 = {
+        "standard SmallCNN": paper._stat(r, f"smallcnn-mnist-s{s0}", "max_logit"),
+        "TRADES SmallCNN": paper._stat(r, "trades-smallcnn", "max_logit"),
+    }
+    out.append(
+        (
+            "a4_hist_max_logit.png",
+            f"A4: max logit on MNIST test images, TRADES vs a standard SmallCNN (seed {s0})",
+            overlay_histograms(series_a4, "max logit"),
+        )
+    )
+    return out
+
+
+def _a2_figures(paper: Any, ctx: PlanContext, r: Results) -> list[tuple[str, str, bytes]]:
+    """A2: the confidence-rank scatter of the standard and AT models and the images each
+    ranks most above the other."""
+    from robustlab.analysis.logits import confidence_disagreement
+    from robustlab.report.figures import confidence_scatter, image_grid
+
+    s0 = ctx.seeds[0]
+    out: list[tuple[str, str, bytes]] = []
     c_std = paper._stat(r, f"std-s{s0}", "confidence")
     c_at = paper._stat(r, f"at1-s{s0}", "confidence")
     dis = confidence_disagreement(c_std, c_at, top_n=8)
@@ -102,15 +124,4 @@ def logits_figures(paper: Any, ctx: PlanContext, r: Results) -> list[tuple[str, 
                 image_grid(imgs, caps, cols=8),
             )
         )
-    series_a4 = {
-        "standard SmallCNN": paper._stat(r, f"smallcnn-mnist-s{s0}", "max_logit"),
-        "TRADES SmallCNN": paper._stat(r, "trades-smallcnn", "max_logit"),
-    }
-    out.append(
-        (
-            "a4_hist_max_logit.png",
-            f"A4: max logit on MNIST test images, TRADES vs a standard SmallCNN (seed {s0})",
-            overlay_histograms(series_a4, "max logit"),
-        )
-    )
     return out

@@ -149,34 +149,7 @@ class UncertaintyPaper(Paper):
                 b2.append(
                     self._cmp(ctx, r, f"robust acc at {f:g}x eps: {label} − AT", (m, f), ("at1", f))
                 )
-        b3 = []
-        for hi, lo in (("at1", "atentm"), ("std", "entm")):
-            jh = [r.arrays(f"{hi}-s{s}")["jacobian_frobenius"] for s in ctx.seeds]
-            jl = [r.arrays(f"{lo}-s{s}")["jacobian_frobenius"] for s in ctx.seeds]
-            b3.append(
-                comparison(
-                    f"mean logit-Jacobian Frobenius norm: {_label(hi)} − {_label(lo)}",
-                    [mean_diff(x, y) for x, y in zip(jh, jl, strict=True)],
-                    b.jacobian_n,
-                    details={
-                        "a": [float(x.mean()) for x in jh],
-                        "b": [float(y.mean()) for y in jl],
-                    },
-                )
-            )
-        ce = [self._acc(r, "atentm", s, 2.0, "ce") for s in ctx.seeds]
-        wc = [self._acc(r, "atentm", s, 2.0) for s in ctx.seeds]
-        b4 = [
-            comparison(
-                "AT+EntM accuracy at 2x eps: CE-only PGD − worst case of PGD-CE and PGD-margin",
-                [mean_diff(x, y) for x, y in zip(ce, wc, strict=True)],
-                b.n_test,
-                details={
-                    "ce_only": [float(x.mean()) for x in ce],
-                    "worst_case": [float(y.mean()) for y in wc],
-                },
-            )
-        ]
+        b3, b4 = self._b3(ctx, r), self._b4(ctx, r)
         return [
             self._claim(
                 ctx,
@@ -210,6 +183,44 @@ class UncertaintyPaper(Paper):
                 b4,
             ),
         ]
+
+    def _b3(self, ctx: PlanContext, r: Results) -> list[Any]:
+        """B3's comparisons: mean logit-Jacobian norms of the EntM models and their bases."""
+        b = self.budget(ctx)
+        b3 = []
+        for hi, lo in (("at1", "atentm"), ("std", "entm")):
+            jh = [r.arrays(f"{hi}-s{s}")["jacobian_frobenius"] for s in ctx.seeds]
+            jl = [r.arrays(f"{lo}-s{s}")["jacobian_frobenius"] for s in ctx.seeds]
+            b3.append(
+                comparison(
+                    f"mean logit-Jacobian Frobenius norm: {_label(hi)} − {_label(lo)}",
+                    [mean_diff(x, y) for x, y in zip(jh, jl, strict=True)],
+                    b.jacobian_n,
+                    details={
+                        "a": [float(x.mean()) for x in jh],
+                        "b": [float(y.mean()) for y in jl],
+                    },
+                )
+            )
+        return b3
+
+    def _b4(self, ctx: PlanContext, r: Results) -> list[Any]:
+        """B4's comparison: CE-only PGD against the worst case for AT+EntM at 2x eps."""
+        b = self.budget(ctx)
+        ce = [self._acc(r, "atentm", s, 2.0, "ce") for s in ctx.seeds]
+        wc = [self._acc(r, "atentm", s, 2.0) for s in ctx.seeds]
+        b4 = [
+            comparison(
+                "AT+EntM accuracy at 2x eps: CE-only PGD − worst case of PGD-CE and PGD-margin",
+                [mean_diff(x, y) for x, y in zip(ce, wc, strict=True)],
+                b.n_test,
+                details={
+                    "ce_only": [float(x.mean()) for x in ce],
+                    "worst_case": [float(y.mean()) for y in wc],
+                },
+            )
+        ]
+        return b4
 
     def _table(self, ctx: PlanContext, r: Results) -> dict[str, Any]:
         cols = (
