@@ -73,8 +73,8 @@ class Results:
 
 def train_job(recipe: str, overrides: Sequence[str], run_dir: str) -> str:
     """Train (or resume, or reuse) one run; the unit of work sent to an executor."""
-    from robustlab.config import load_config
     from robustlab.api import train  # composes the run (callbacks by name)
+    from robustlab.config import load_config
 
     cfg = load_config(recipe, list(overrides))
     return str(train(cfg, run_dir, resume=True))
