@@ -34,8 +34,6 @@ def _model_kw(items: list[str]) -> dict[str, Any]:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``eval`` subcommand."""
-    from robustlab.cli.third_party import add_input_norm_option
-
     p = subparsers.add_parser(
         "eval",
         help="evaluate a model's clean and robust accuracy on a dataset's test split",
@@ -99,6 +97,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="normalization layers of the architecture (default: its own)",
     )
+    _add_architecture_options(p)
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    _add_attack_options(p.add_argument_group("attack"))
+    p.add_argument("--out", default=None, help="also write the JSON summary to this file")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _add_architecture_options(p: argparse.ArgumentParser) -> None:
+    from robustlab.cli.third_party import add_input_norm_option
+
     p.add_argument("--act", choices=["relu", "silu"], default="relu")
     add_input_norm_option(p)
     p.add_argument(
@@ -108,12 +118,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="extra architecture option, e.g. depth=34 (repeatable)",
     )
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    _add_attack_options(p.add_argument_group("attack"))
-    p.add_argument("--out", default=None, help="also write the JSON summary to this file")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
 
 
 def _add_attack_options(g: argparse._ArgumentGroup) -> None:
