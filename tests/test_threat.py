@@ -66,3 +66,14 @@ def test_bad_threat_inputs() -> None:
         make_threat("linf", -0.1)
     with pytest.raises(RobustlabError):
         make_threat("l2", torch.tensor([0.1, math.inf]))
+
+
+def test_empty_batch_has_empty_norms() -> None:
+    """A batch of 0 samples (e.g. no boundary point found in a DyART step) is not an error."""
+    from robustlab.objectives.dyart import first_order_aligned
+
+    empty = torch.zeros(0, 1, 28, 28)
+    for norm in ("linf", "l2", "l1"):
+        t = make_threat(norm, 0.3)
+        assert t.norm(empty).shape == (0,) and t.dual_norm(empty).shape == (0,)
+    assert first_order_aligned(empty, empty).shape == (0,)

@@ -34,7 +34,8 @@ def _eps_vector(eps: Tensor | float, like: Tensor) -> Tensor:
 
 
 def _flat(v: Tensor) -> Tensor:
-    return v.reshape(v.shape[0], -1)
+    # explicit size, not -1: an empty batch (0 samples) must still flatten to (0, d)
+    return v.reshape(v.shape[0], math.prod(v.shape[1:]))
 
 
 class ThreatModel(ABC):

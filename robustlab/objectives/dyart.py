@@ -75,8 +75,8 @@ def first_order_aligned(
     ``J = {j : |delta_j| > top_ratio * max |delta|}``; True where the fraction of ``J`` with
     ``delta_j * grad_j < 0`` is at least ``align_min`` (False for ``delta = 0``).
     """
-    d = delta.reshape(delta.shape[0], -1)
-    g = grad.reshape(grad.shape[0], -1)
+    d = delta.flatten(1)  # (0, d) for an empty batch, where reshape(0, -1) fails
+    g = grad.flatten(1)
     big = d.abs() > top_ratio * d.abs().amax(dim=1, keepdim=True)
     against = (d * g < 0) & big
     n_big = big.sum(dim=1)
