@@ -92,6 +92,8 @@ def test_rundir_owns_the_paths(tmp_path: Path) -> None:
     assert run.checkpoint("best") == tmp_path / "r" / "checkpoints" / "best.pt"
     assert run.eval.summary == tmp_path / "r" / "eval" / "summary.json"
     assert run.analysis_arrays("logits").parent == run.analysis_dir
+    assert run.snapshot(3) == tmp_path / "r" / "checkpoints" / "epochs" / "e0003.pt"
+    assert run.relative(run.weights("best")) == "checkpoints/best.safetensors"
     assert RunDir(run) == run and str(run) == str(tmp_path / "r")
     assert not run.is_complete()
     with pytest.raises(RobustlabError, match="checkpoint"):

@@ -269,7 +269,7 @@ def analyze_run(
     from robustlab.train import load_run_model
 
     model, cfg = load_run_model(
-        run.root, which="best" if ckpt.name == "best.pt" else "last", map_location=device
+        run.root, which="best" if ckpt == run.checkpoint("best") else "last", map_location=device
     )
     dataset, root = cfg.data.dataset, data_dir or cfg.data.data_dir
     eps = default_eps(dataset, norm) if eps is None else float(eps)

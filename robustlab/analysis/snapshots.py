@@ -29,20 +29,19 @@ from robustlab.train.checkpoint import (
     read_run_config,
     save_checkpoint,
 )
+from robustlab.train.rundir import RunDir
 
 __all__ = ["SnapshotCallback", "snapshot_path", "list_snapshots", "load_snapshot"]
-
-SNAPSHOT_DIR = Path("checkpoints") / "epochs"
 
 
 def snapshot_path(run_dir: str | Path, epoch: int) -> Path:
     """Where the snapshot of ``epoch`` (counted from 0) lives."""
-    return Path(run_dir) / SNAPSHOT_DIR / f"e{int(epoch):04d}.pt"
+    return RunDir(run_dir).snapshot(epoch)
 
 
 def list_snapshots(run_dir: str | Path) -> list[int]:
     """The epochs with a snapshot, ascending."""
-    folder = Path(run_dir) / SNAPSHOT_DIR
+    folder = RunDir(run_dir).snapshots
     return sorted(int(p.stem[1:]) for p in folder.glob("e*.pt")) if folder.is_dir() else []
 
 

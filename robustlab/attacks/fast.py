@@ -35,7 +35,6 @@ from torch import Tensor, nn
 from robustlab.attacks.apgd import apgd
 from robustlab.attacks.autoattack import Ensemble, EnsembleResult, _stage_record
 from robustlab.attacks.base import Attack, register_attack, resolve_threat
-from robustlab.attacks.core import subset_threat
 from robustlab.attacks.square import Square
 from robustlab.attacks.threat import L1, ThreatModel
 from robustlab.errors import RobustlabError
@@ -114,7 +113,7 @@ class MALTAPGDT(Attack):
             model,
             rows_x,
             y.repeat(nt),
-            subset_threat(self.threat, torch.arange(n, device=x.device).repeat(nt)),
+            self.threat.subset(torch.arange(n, device=x.device).repeat(nt)),
             steps=self.steps,
             loss="dlr",
             y_target=targets.T.reshape(-1),

@@ -21,6 +21,7 @@ from robustlab.errors import RobustlabError
 from robustlab.io import append_jsonl
 from robustlab.reproduce.plan import Paper, PlanContext, RunSpec, stages
 from robustlab.reproduce.protocol import Protocol, evaluate_run, load_eval
+from robustlab.train.rundir import RunDir
 
 __all__ = ["EvalTarget", "Results", "train_job", "eval_job", "execute_runs", "execute_evals"]
 
@@ -53,7 +54,7 @@ class Results:
         """``(summary, per-sample arrays)`` of target ``key``."""
         if key not in self.cache:
             t = self.targets[key]
-            got = load_eval(t.out_dir(self.ctx) / "eval", t.protocol)
+            got = load_eval(RunDir(t.out_dir(self.ctx)).eval.root, t.protocol)
             if got is None:
                 raise RobustlabError(f"no evaluation of {key} (the plan did not finish)")
             self.cache[key] = got
@@ -68,7 +69,7 @@ class Results:
     def run_summary(self, key: str) -> dict[str, Any]:
         import json
 
-        return json.loads((self.ctx.run_dir(key) / "summary.json").read_text(encoding="utf-8"))
+        return json.loads(RunDir(self.ctx.run_dir(key)).summary.read_text(encoding="utf-8"))
 
 
 def train_job(recipe: str, overrides: Sequence[str], run_dir: str) -> str:
@@ -184,7 +185,7 @@ def execute_evals(
     calls = []
     for t in targets:
         out = t.out_dir(ctx)
-        if load_eval(out / "eval", t.protocol) is not None:
+        if load_eval(RunDir(out).eval.root, t.protocol) is not None:
             continue
         calls.append((f"eval {t.key}", eval_job, (t, str(out))))
     _run_all(calls, ctx, launcher, jobs, log)

@@ -184,7 +184,9 @@ def evaluate_run(
 ) -> tuple[dict, dict]:
     """Evaluate a run's delivered model (or ``model``, for a third-party one whose results go
     to ``run_dir/eval``), reusing a cached result of the same protocol."""
-    out = Path(run_dir) / "eval"
+    from robustlab.train.rundir import RunDir
+
+    out = RunDir(run_dir).eval.root
     cached = load_eval(out, protocol)
     if cached is not None:
         return cached

@@ -106,6 +106,15 @@ class RunDir:
             )
         return self.checkpoints / f"{which}.pt"
 
+    @property
+    def snapshots(self) -> Path:
+        """``checkpoints/epochs/``: the ``snapshot`` callback's per-epoch weights."""
+        return self.checkpoints / "epochs"
+
+    def snapshot(self, epoch: int) -> Path:
+        """``checkpoints/epochs/eNNNN.pt``: the snapshot of ``epoch`` (counted from 0)."""
+        return self.snapshots / f"e{int(epoch):04d}.pt"
+
     def weights(self, name: str) -> Path:
         """``checkpoints/<name>.safetensors``: exported weights alone (``best``, ``ema``)."""
         return self.checkpoints / f"{name}.safetensors"

@@ -29,6 +29,7 @@ from robustlab.reproduce.papers.common import (
 )
 from robustlab.reproduce.plan import Paper, PlanContext, ReproduceError, RunSpec, register_paper
 from robustlab.reproduce.protocol import Protocol, eps_label
+from robustlab.train.rundir import RunDir
 
 __all__ = ["LogitsPaper", "TEACHERS", "AT_FRACTIONS", "trades_checkpoint"]
 
@@ -84,8 +85,8 @@ class LogitsPaper(Paper):
                         _at_key(f, s), b, "pgd_at", s, at_overrides(b, f * b.eps), adversarial=True
                     )
                 )
-            teacher = ctx.run_dir(_at_key(1.0, s)) / "checkpoints" / "best.pt"
-            std = ctx.run_dir(f"std-s{s}") / "checkpoints" / "best.pt"
+            teacher = RunDir(ctx.run_dir(_at_key(1.0, s))).checkpoint("best")
+            std = RunDir(ctx.run_dir(f"std-s{s}")).checkpoint("best")
             for name, manip, _ in TEACHERS:
                 extra = (
                     f"objective.teacher={teacher}",
