@@ -82,3 +82,17 @@ class ToyPaper(Paper):
         ]
         comp = comparison("max logit a - b", stats, 32, n_boot=50)
         return [Claim("T1", self.name, "a and b differ", "recon", [comp], list(ctx.seeds), 32)]
+
+
+@register_paper("toyfail")
+class ToyFailPaper(ToyPaper):
+    """Run ``b`` cannot start (unknown objective) and ``c`` needs it: the plan must train
+    ``a``, evaluate it, report ``b`` failed and ``c`` skipped, and write no claims."""
+
+    title = "Toy paper with a failing run"
+
+    def runs(self, ctx: PlanContext) -> list[RunSpec]:
+        a, b, _ = super().runs(ctx)[:3]
+        b = RunSpec(b.key, b.recipe, (*b.overrides, "objective.name=nope"), seed=b.seed)
+        c = RunSpec("c-s0", a.recipe, (*a.overrides[2:], "name=c-s0", "seed=7"), needs=(b.key,))
+        return [a, b, c]

@@ -238,3 +238,18 @@ def test_killed_plan_resumes_without_retraining(tmp_path) -> None:
     doc = json.loads((rd / "claims.json").read_text())
     validate_claims(doc)
     assert [c["id"] for c in doc["claims"]] == ["T1"]
+
+
+def test_failed_run_does_not_stop_the_others(tmp_path, capsys) -> None:
+    sys.path.insert(0, str(REPO / "tests"))
+    import reproduce_toy  # noqa: F401  (registers the toy papers)
+
+    rd = tmp_path / "root"
+    args = ["reproduce", "toyfail", "--scale", "tiny", "--seeds", "0", "--run-dir", str(rd)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "b-s0: failed" in err[0] and "c-s0: skipped" in err[0]
+    assert (rd / "runs" / "a-s0" / "summary.json").is_file()  # the independent run finished
+    assert list((rd / "runs" / "a-s0" / "eval").glob("reproduce-*.json"))  # and was evaluated
+    assert not (rd / "runs" / "c-s0").exists()
+    assert not (rd / "claims.json").exists()

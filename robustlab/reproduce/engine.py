@@ -112,20 +112,30 @@ def _run_all(
     launcher: str,
     jobs: int,
     log: Callable[[dict], None],
-) -> None:
-    """Run ``(label, fn, args)`` calls with the chosen executor; raise if any failed."""
+) -> dict[str, str]:
+    """Run ``(label, fn, args)`` calls with the chosen executor; returns ``{label: error}``
+    for the calls that failed (a user error or a diverged run does not stop the others)."""
     if not calls:
-        return
+        return {}
     ex = _make_executor(launcher, jobs, ctx.root / "submitit", ctx.options.get("cluster"))
-    failures: list[str] = []
+    failures: dict[str, str] = {}
     t0 = {label: time.time() for label, _, _ in calls}
+
+    def failed(label: str, e: BaseException) -> None:
+        failures[label] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        log({"event": "failed", "what": label, "error": failures[label]})
+
     if ex is None:
         for label, fn, args in calls:
             t0[label] = time.time()
             log({"event": "start", "what": label})
-            fn(*args)
+            try:
+                fn(*args)
+            except RobustlabError as e:
+                failed(label, e)
+                continue
             log({"event": "done", "what": label, "seconds": round(time.time() - t0[label], 1)})
-        return
+        return failures
     futures = {}
     for label, fn, args in calls:
         log({"event": "submit", "what": label})
@@ -134,14 +144,11 @@ def _run_all(
         try:
             fut.result()
             log({"event": "done", "what": label, "seconds": round(time.time() - t0[label], 1)})
-        except Exception as e:  # report every failed run, then stop
-            failures.append(
-                f"{label}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            )
+        except Exception as e:  # a job's error, pickled back by the executor
+            failed(label, e)
     if isinstance(ex, cf.Executor):
         ex.shutdown()
-    if failures:
-        raise RobustlabError(f"{len(failures)} job(s) failed: " + "; ".join(failures))
+    return failures
 
 
 def _logger(ctx: PlanContext, echo: bool) -> Callable[[dict], None]:
@@ -158,7 +165,8 @@ def _logger(ctx: PlanContext, echo: bool) -> Callable[[dict], None]:
 def execute_runs(
     specs: list[RunSpec], ctx: PlanContext, launcher: str, jobs: int, echo: bool = True
 ) -> dict[str, str]:
-    """Train every planned run wave by wave; returns ``{key: "reused" | "trained"}``."""
+    """Train every planned run wave by wave; returns ``{key: status}`` with status
+    ``reused``, ``trained``, ``failed: <error>`` or ``skipped`` (a run it needs failed)."""
     from robustlab.train import is_complete
 
     log = _logger(ctx, echo)
@@ -167,28 +175,38 @@ def execute_runs(
         calls = []
         for s in wave:
             rd = ctx.run_dir(s.key)
+            if any(status.get(n, "").startswith(("failed", "skipped")) for n in s.needs):
+                status[s.key] = "skipped"
+                log({"event": "skip", "what": s.key})
+                continue
             if is_complete(rd):
                 status[s.key] = "reused"
                 log({"event": "reuse", "what": s.key})
                 continue
             status[s.key] = "trained"
             calls.append((s.key, train_job, (str(s.recipe_path()), list(s.overrides), str(rd))))
-        _run_all(calls, ctx, launcher, jobs, log)
+        for key, err in _run_all(calls, ctx, launcher, jobs, log).items():
+            status[key] = f"failed: {err}"
     return status
 
 
 def execute_evals(
     targets: list[EvalTarget], ctx: PlanContext, launcher: str, jobs: int, echo: bool = True
-) -> None:
-    """Evaluate every target not evaluated yet under its protocol."""
+) -> dict[str, str]:
+    """Evaluate every target not evaluated yet under its protocol (runs that are not complete
+    are left out); returns ``{label: error}`` for the evaluations that failed."""
+    from robustlab.train import is_complete
+
     log = _logger(ctx, echo)
     calls = []
     for t in targets:
         out = t.out_dir(ctx)
         if load_eval(RunDir(out).eval.root, t.protocol) is not None:
             continue
+        if not t.external and not is_complete(out):
+            continue
         calls.append((f"eval {t.key}", eval_job, (t, str(out))))
-    _run_all(calls, ctx, launcher, jobs, log)
+    return _run_all(calls, ctx, launcher, jobs, log)
 
 
 def paper_targets(paper: Paper, ctx: PlanContext) -> list[EvalTarget]:

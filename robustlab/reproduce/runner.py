@@ -169,7 +169,14 @@ def _execute(
     )
     status = execute_runs(specs, ctx, launcher, jobs, echo)
     targets = _dedupe([t for p in papers for t in paper_targets(p, ctx)], ctx)
-    execute_evals(targets, ctx, launcher, jobs, echo)
+    bad = {k: v for k, v in status.items() if v.startswith(("failed", "skipped"))}
+    bad |= execute_evals(targets, ctx, launcher, jobs, echo)
+    if bad:
+        listed = "; ".join(f"{k}: {v}" for k, v in bad.items())
+        raise ReproduceError(
+            f"{len(bad)} run(s)/evaluation(s) did not finish, so no claims were written "
+            f"(everything else is kept; fix and rerun the same command): {listed}"
+        )
     results = Results(ctx, {t.key: t for t in targets})
     cmd = command or "robustlab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     out: dict[str, Any] = {}
