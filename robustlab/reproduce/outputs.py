@@ -195,12 +195,16 @@ def _run_line(meta: dict[str, Any]) -> str:
     return (
         f"Command: `{meta.get('command', '')}`  \n"
         f"Wall time: {meta.get('wall_seconds', 0) / 60:.1f} min; CPU time (user + system, all "
-        f"processes): {meta.get('cpu_seconds', 0) / 60:.1f} min ({meta.get('trained', 0)} runs "
+        f"processes): {_minutes(meta.get('cpu_seconds'))} ({meta.get('trained', 0)} runs "
         f"trained, {meta.get('reused', 0)} reused); machine: {m.get('cpu', '?')}, "
         f"{m.get('cpu_count', '?')} CPUs, {m.get('torch_threads', '?')} torch thread(s) per "
         f"process, {meta.get('jobs', 1)} job(s); load average at start/end "
         f"{meta.get('load_start')} / {meta.get('load_end')}."
     )
+
+
+def _minutes(seconds: float | None) -> str:
+    return "not recorded" if seconds is None else f"{seconds / 60:.1f} min"
 
 
 def write_merged_outputs(root: Path, titles: dict[str, str]) -> None:

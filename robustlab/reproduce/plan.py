@@ -69,8 +69,14 @@ class RunSpec:
     seed: int | None = None
 
     def recipe_path(self) -> Path:
+        """The recipe file: absolute as given, else among the shipped recipes (a clone's
+        ``recipes/`` or an installed wheel's ``robustlab/recipes``)."""
+        from robustlab.resources import recipes_dir
+
         p = Path(self.recipe)
-        return p if p.is_absolute() else RECIPES_DIR / p
+        if p.is_absolute():
+            return p
+        return (recipes_dir() or RECIPES_DIR) / p
 
 
 @dataclass
