@@ -36,7 +36,7 @@ class Page:
 PAGES = {
     "tutorials/evaluate-checkpoint.md": Page(
         env={"N": "200", "N_AA": "4"},
-        files=["clean.json", "remapped.json", "eval-pgd/summary.json", "eval-aa/summary.json"],
+        files=["clean.json", "remapped.json", "normalized.json", "eval-aa/summary.json"],
         shared=True,
     ),
     "tutorials/pgd-at-vs-dyart.md": Page(
