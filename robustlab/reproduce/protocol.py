@@ -66,10 +66,11 @@ class Protocol:
 def test_data(protocol: Protocol) -> tuple[Tensor, Tensor]:
     """The first ``n_test`` test images (float in [0, 1]) and labels."""
     from robustlab.data import load_split
+    from robustlab.data.convert import to_float
 
     split = load_split(protocol.dataset, "test", protocol.data_dir)
     n = min(protocol.n_test, len(split))
-    x = split.images[:n].float().div(255.0)
+    x = to_float(split.images[:n])
     return x, split.labels[:n].long()
 
 
