@@ -253,3 +253,20 @@ def test_failed_run_does_not_stop_the_others(tmp_path, capsys) -> None:
     assert list((rd / "runs" / "a-s0" / "eval").glob("reproduce-*.json"))  # and was evaluated
     assert not (rd / "runs" / "c-s0").exists()
     assert not (rd / "claims.json").exists()
+
+
+def test_finished_run_with_other_settings_is_not_reused(tmp_path, capsys) -> None:
+    sys.path.insert(0, str(REPO / "tests"))
+    import reproduce_toy  # noqa: F401  (registers the toy papers)
+
+    rd = tmp_path / "root"
+    args = ["reproduce", "toy", "--scale", "tiny", "--seeds", "0", "--run-dir", str(rd)]
+    assert main(args) == 0
+    capsys.readouterr()
+    cfg = rd / "runs" / "b-s0" / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("epochs: 3", "epochs: 2"))  # a stale run
+    stamp = (rd / "runs" / "b-s0" / "summary.json").stat().st_mtime_ns
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "b-s0" in err[0] and "train.epochs" in err[0]
+    assert (rd / "runs" / "b-s0" / "summary.json").stat().st_mtime_ns == stamp  # left alone

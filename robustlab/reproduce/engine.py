@@ -179,6 +179,11 @@ def execute_runs(
                 status[s.key] = "skipped"
                 log({"event": "skip", "what": s.key})
                 continue
+            stale = _stale(s, rd) if is_complete(rd) else ""
+            if stale:
+                status[s.key] = f"failed: {stale}"
+                log({"event": "failed", "what": s.key, "error": status[s.key]})
+                continue
             if is_complete(rd):
                 status[s.key] = "reused"
                 log({"event": "reuse", "what": s.key})
@@ -188,6 +193,26 @@ def execute_runs(
         for key, err in _run_all(calls, ctx, launcher, jobs, log).items():
             status[key] = f"failed: {err}"
     return status
+
+
+def _stale(spec: RunSpec, run_dir: Path) -> str:
+    """Why a finished run directory cannot be reused for ``spec`` ('' if it can): its stored
+    configuration must equal the planned one (up to progress/device/logging keys)."""
+    from robustlab.config import RESUMABLE_DIFFS, config_diff, load_config
+    from robustlab.train import read_run_config
+
+    diff = config_diff(
+        read_run_config(run_dir),
+        load_config(spec.recipe_path(), list(spec.overrides)),
+        RESUMABLE_DIFFS,
+    )
+    if not diff:
+        return ""
+    shown = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in list(diff.items())[:3])
+    return (
+        f"{run_dir} holds a finished run with other settings: {shown}; "
+        "remove it or use another --run-dir"
+    )
 
 
 def execute_evals(
