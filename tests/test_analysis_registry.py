@@ -110,3 +110,33 @@ def test_registry_order_requirements_and_errors() -> None:
         parse_analyses(" , ")
     with pytest.raises(TypeError, match="Analysis subclass"):
         register_analysis("not_an_analysis")(dict)  # type: ignore[arg-type]
+
+
+def test_every_declared_row_logged_number_and_headline_resolves() -> None:
+    """A renamed summary key would leave a report row empty or drop a logged number silently:
+    every key the built-in analyses declare is present in what they compute."""
+    from robustlab.analysis.base import registered_analyses, summary_value
+    from robustlab.analysis.run import compute_analyses
+    from robustlab.data import load_split
+    from robustlab.data.convert import to_float
+    from robustlab.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("lenet5", dataset="mnist").eval()
+    split = load_split("mnist-mini", "test")
+    x, y = to_float(split.images[:12]), split.labels[:12]
+    y[:6] = model(x[:6]).argmax(1).detach()  # some correctly classified points for the margins
+    built_in = ["logits", "margins", "dynamics", "jacobian", "fisher"]
+    summaries, _ = compute_analyses(
+        model, x, y, built_in, eps=0.3, objective="standard", train_batch=(x, y), margin_steps=10
+    )
+    for a in registered_analyses():
+        if a.name not in built_in:
+            continue
+        s = summaries[a.name]
+        for key, _ in (*a.ROWS, *a.LOGGED, *a.HEADLINE):
+            assert summary_value(s, key) is not None, f"{a.name}: {key} not in its summary"
+        assert a.headline(s), a.name
+        rows = a.rows([s])
+        assert rows and all(values[0] is not None for _, values in rows), a.name
+        assert a.logged(s), a.name
