@@ -270,3 +270,20 @@ def test_finished_run_with_other_settings_is_not_reused(tmp_path, capsys) -> Non
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "b-s0" in err[0] and "train.epochs" in err[0]
     assert (rd / "runs" / "b-s0" / "summary.json").stat().st_mtime_ns == stamp  # left alone
+
+
+def test_submitit_launcher_local_executor(tmp_path) -> None:
+    """``--launcher slurm`` goes through submitit; its local executor stands in for Slurm."""
+    pytest.importorskip("submitit")
+    sys.path.insert(0, str(REPO / "tests"))
+    import reproduce_toy  # noqa: F401  (registers the toy papers)
+
+    from robustlab.reproduce import reproduce
+
+    rd = tmp_path / "root"
+    out = reproduce("toy", "tiny", [0], rd, jobs=2, launcher="slurm", cluster="local", echo=False)
+    assert [c["id"] for c in out["toy"]] == ["T1"]
+    assert {p.parent.name for p in (rd / "runs").glob("*/summary.json")} == {"a-s0", "b-s0", "c-s0"}
+    assert list((rd / "submitit").iterdir())  # the jobs went through submitit
+    log = [json.loads(line) for line in (rd / "reproduce.jsonl").read_text().splitlines()]
+    assert sum(r["event"] == "done" for r in log) == 6  # 3 trainings + 3 evaluations

@@ -92,6 +92,13 @@ def eval_job(target: EvalTarget, out_dir: str) -> str:
     return out_dir
 
 
+def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float, float]:
+    """``fn(*args)`` with its own wall and CPU seconds (measured where the job runs)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = fn(*args)
+    return out, time.perf_counter() - t0, time.process_time() - c0
+
+
 def _make_executor(launcher: str, jobs: int, folder: Path, cluster: str | None) -> Any:
     if launcher == "local":
         if jobs <= 1:
@@ -119,7 +126,6 @@ def _run_all(
         return {}
     ex = _make_executor(launcher, jobs, ctx.root / "submitit", ctx.options.get("cluster"))
     failures: dict[str, str] = {}
-    t0 = {label: time.time() for label, _, _ in calls}
 
     def failed(label: str, e: BaseException) -> None:
         failures[label] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
@@ -127,23 +133,36 @@ def _run_all(
 
     if ex is None:
         for label, fn, args in calls:
-            t0[label] = time.time()
             log({"event": "start", "what": label})
             try:
-                fn(*args)
+                _, wall, cpu = _timed(fn, *args)
             except RobustlabError as e:
                 failed(label, e)
                 continue
-            log({"event": "done", "what": label, "seconds": round(time.time() - t0[label], 1)})
+            log(
+                {
+                    "event": "done",
+                    "what": label,
+                    "seconds": round(wall, 1),
+                    "cpu_seconds": round(cpu, 1),
+                }
+            )
         return failures
     futures = {}
     for label, fn, args in calls:
         log({"event": "submit", "what": label})
-        futures[label] = ex.submit(fn, *args)
+        futures[label] = ex.submit(_timed, fn, *args)
     for label, fut in futures.items():
         try:
-            fut.result()
-            log({"event": "done", "what": label, "seconds": round(time.time() - t0[label], 1)})
+            _, wall, cpu = fut.result()
+            log(
+                {
+                    "event": "done",
+                    "what": label,
+                    "seconds": round(wall, 1),
+                    "cpu_seconds": round(cpu, 1),
+                }
+            )
         except Exception as e:  # a job's error, pickled back by the executor
             failed(label, e)
     if isinstance(ex, cf.Executor):
@@ -156,7 +175,7 @@ def _logger(ctx: PlanContext, echo: bool) -> Callable[[dict], None]:
         rec = {"time": round(time.time(), 1)} | rec
         append_jsonl(ctx.root / LOG, rec)
         if echo:
-            extra = f" ({rec['seconds']} s)" if "seconds" in rec else ""
+            extra = f" ({rec['seconds']} s, CPU {rec['cpu_seconds']} s)" if "seconds" in rec else ""
             print(f"reproduce: {rec['event']} {rec.get('what', '')}{extra}", flush=True)
 
     return log
