@@ -134,10 +134,12 @@ class _Problem:
     def evaluate(self, xf: Tensor, y: Tensor, t: Tensor | None) -> Tensor:
         """The value the success test reads: the boundary function, or the hard margin
         (<= ``z_y - z_t``) when any misclassification counts."""
-        logits = self._logits(xf)
-        if self.any_miss:
-            return hard_margin(logits, y)
-        return self.value(logits, y, t)
+        return self._tested(self._logits(xf), y, t)
+
+    def _tested(self, logits: Tensor, y: Tensor, t: Tensor | None) -> Tensor:
+        """The boundary function, or the hard margin when any misclassification counts
+        (FAB-T as the reference)."""
+        return hard_margin(logits, y) if self.any_miss else self.value(logits, y, t)
 
     @staticmethod
     def _guard(logits: Tensor) -> Tensor:
@@ -150,7 +152,7 @@ class _Problem:
         counts only when past the boundary by more than the rounding that another batch layout
         could change; the final verification tests ``phi`` itself."""
         logits = self._logits(xf)
-        return self.value(logits, y, t) + self._guard(logits)
+        return self._tested(logits, y, t) + self._guard(logits)
 
     def linearize(self, xf: Tensor, y: Tensor, t: Tensor | None) -> tuple[Tensor, Tensor]:
         """Value (n,) of ``phi + guard`` and input gradient (n, d) of the boundary function
