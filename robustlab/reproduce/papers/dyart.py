@@ -1,0 +1,166 @@
+"""Paper D (Xu et al., ICLR 2023): decision-boundary dynamics and DyART; claims D1-D4.
+
+Per seed ``s``: a naturally trained burn-in (``dyart-burnin-s``), a partly robust checkpoint
+(``dyart-atpart-s``: PGD-AT for ``atpart_epochs`` from the burn-in), and from the same burn-in
+PGD-AT (``dyart-at-s``) and DyART (``dyart-dyart-s``) for the same number of epochs with the
+same optimizer and schedule (the matched budget is in epochs; each DyART epoch costs more,
+reported). The dynamics (D1, D2) are measured on the live weights of the burn-in and partly
+robust checkpoints (no EMA in these runs), on ``n_batches`` seeded training batches, with the
+velocity of each objective on the exact batch (``velocity: exact``) or averaged over the
+batches (``mean``); D4 checks the closed-form speed against one real SGD step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from robustlab.reproduce.claims import Claim
+from robustlab.reproduce.engine import EvalTarget, Results
+from robustlab.reproduce.papers.common import BUDGETS, Budget, run_spec
+from robustlab.reproduce.plan import Paper, PlanContext, RunSpec, register_paper
+from robustlab.reproduce.protocol import Protocol
+
+__all__ = ["DyartPaper", "DyartScale", "DYART_SCALES", "EPS_FACTORS", "CHECKPOINTS"]
+
+EPS_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0)
+CHECKPOINTS = (("burnin", "natural burn-in"), ("atpart", "partly robust"))
+
+
+@dataclass(frozen=True)
+class DyartScale:
+    """Paper D's settings on top of the shared budget of a scale (see the module docstring).
+
+    DyART: ``lam``, ``alpha``, ``r0`` (``r0_factor`` x eps), ``fab_steps``; dynamics:
+    ``n_batches`` batches of ``batch`` training images, ``velocity``, ``margin_steps``;
+    D4: ``d4_n`` test images, SGD rate ``d4_lr``; ``substantial``: the fraction of
+    small-margin points with negative speed that counts as substantial in D1.
+    """
+
+    burnin_epochs: int
+    atpart_epochs: int
+    epochs: int
+    lam: float
+    alpha: float
+    r0_factor: float
+    fab_steps: int
+    n_batches: int
+    batch: int
+    velocity: str
+    margin_steps: int
+    d4_n: int
+    d4_lr: float
+    n_margin: int
+    substantial: float = 0.1
+    extra: tuple[str, ...] = ()
+
+
+DYART_SCALES = {
+    "cpu": DyartScale(
+        burnin_epochs=1, atpart_epochs=1, epochs=3, lam=50.0, alpha=3.0, r0_factor=2.0,
+        fab_steps=10, n_batches=4, batch=128, velocity="exact", margin_steps=100, d4_n=64,
+        d4_lr=1e-3, n_margin=200,
+    ),
+    "gpu": DyartScale(
+        burnin_epochs=3, atpart_epochs=2, epochs=12, lam=1000.0, alpha=3.0, r0_factor=2.0,
+        fab_steps=20, n_batches=8, batch=256, velocity="exact", margin_steps=100, d4_n=128,
+        d4_lr=1e-3, n_margin=500,
+    ),
+    "paper": DyartScale(
+        burnin_epochs=10, atpart_epochs=20, epochs=190, lam=1000.0, alpha=3.0, r0_factor=2.0,
+        fab_steps=20, n_batches=16, batch=256, velocity="exact", margin_steps=100, d4_n=256,
+        d4_lr=1e-3, n_margin=1000,
+    ),
+    "tiny": DyartScale(
+        burnin_epochs=1, atpart_epochs=1, epochs=1, lam=50.0, alpha=3.0, r0_factor=2.0,
+        fab_steps=3, n_batches=1, batch=16, velocity="exact", margin_steps=10, d4_n=8,
+        d4_lr=1e-3, n_margin=8,
+    ),
+}  # fmt: skip
+
+
+def key(kind: str, s: int) -> str:
+    return f"dyart-{kind}-s{s}"
+
+
+@register_paper("dyart")
+class DyartPaper(Paper):
+    title = "D. Decision-boundary dynamics and DyART (Xu et al. 2023)"
+    claim_ids = ("D1", "D2", "D3", "D4")
+
+    def budget(self, ctx: PlanContext) -> Budget:
+        return BUDGETS[ctx.scale]
+
+    def settings(self, ctx: PlanContext) -> DyartScale:
+        return DYART_SCALES[ctx.scale]
+
+    def objective_params(self, ctx: PlanContext, kind: str) -> dict[str, Any]:
+        """The hyperparameters of ``pgd_at`` or ``dyart`` (after the shared burn-in)."""
+        b, d = self.budget(ctx), self.settings(ctx)
+        if kind == "pgd_at":
+            return {"eps": b.eps, "steps": b.at_steps, "step_size": 2.5 * b.eps / b.at_steps}
+        return {"eps": b.eps, "burn_in": 0, "lam": d.lam, "alpha": d.alpha,
+                "r0": d.r0_factor * b.eps, "fab_steps": d.fab_steps}  # fmt: skip
+
+    def runs(self, ctx: PlanContext) -> list[RunSpec]:
+        b, d = self.budget(ctx), self.settings(ctx)
+        out = []
+        for s in ctx.seeds:
+            burn = key("burnin", s)
+            weights = f"model.weights={ctx.run_dir(burn)}"
+            out.append(run_spec(burn, b, "standard", s, (f"train.epochs={d.burnin_epochs}", *d.extra)))
+            for kind, recipe, epochs in (("atpart", "pgd_at", d.atpart_epochs),
+                                         ("at", "pgd_at", d.epochs), ("dyart", "dyart", d.epochs)):
+                params = self.objective_params(ctx, recipe)
+                over = [f"objective.{k}={v!r}" for k, v in params.items()]
+                spec = run_spec(key(kind, s), b, recipe, s,
+                                (*over, f"train.epochs={epochs}", weights, *d.extra),
+                                needs=(burn,), adversarial=True)  # fmt: skip
+                factor = epochs / 3 * (2.5 if recipe == "dyart" else 1.0)
+                out.append(replace(spec, cost=spec.cost * factor))
+        return out
+
+    def eps_values(self, ctx: PlanContext) -> tuple[float, ...]:
+        return tuple(f * self.budget(ctx).eps for f in EPS_FACTORS)
+
+    def protocol(self, ctx: PlanContext) -> Protocol:
+        b = self.budget(ctx)
+        return Protocol(
+            dataset=b.dataset, n_test=b.n_test, eps=self.eps_values(ctx), main_eps=b.eps,
+            pgd_steps=b.pgd_steps, aa_n=b.aa_n, checks_n=b.checks_n, analyses=("logits",),
+        )  # fmt: skip
+
+    def evaluations(self, ctx: PlanContext) -> list[EvalTarget]:
+        p = self.protocol(ctx)
+        return [
+            EvalTarget(key(k, s), p) for s in ctx.seeds for k in ("burnin", "at", "dyart")
+        ]
+
+    def eval_cost(self, ctx: PlanContext) -> float:
+        d = self.settings(ctx)
+        dyn = len(ctx.seeds) * (2 * d.n_batches * d.batch / 128 * 20 + d.d4_n / 2)
+        return self.budget(ctx).cost_eval * 2 * 3 * len(ctx.seeds) + dyn
+
+    # ------------------------------------------------------------------ claims
+    def data(self, ctx: PlanContext) -> dict[int, dict[str, Any]]:
+        if getattr(self, "_data", None) is None:
+            from robustlab.reproduce.papers.dyart_data import seed_data
+
+            self._data = {s: seed_data(self, ctx, s) for s in ctx.seeds}
+        return self._data
+
+    def claims(self, ctx: PlanContext, results: Results) -> list[Claim]:
+        from robustlab.reproduce.papers.dyart_claims import d1, d2, d3, d4
+
+        data = self.data(ctx)
+        return [d1(self, ctx, data), d2(self, ctx, data), d3(self, ctx, results, data),
+                d4(self, ctx, data)]  # fmt: skip
+
+    def figures(self, ctx: PlanContext, results: Results) -> list[tuple[str, str, bytes]]:
+        from robustlab.reproduce.papers.dyart_figures import dyart_figures
+
+        return dyart_figures(self, ctx, results, self.data(ctx))
+
+    def claim(self, ctx: PlanContext, cid: str, statement: str, source: str, comps: list,
+              n: int, **kw: Any) -> Claim:  # fmt: skip
+        return Claim(cid, self.name, statement, source, comps, list(ctx.seeds), n, **kw)
