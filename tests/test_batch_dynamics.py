@@ -46,6 +46,8 @@ def test_d4_closed_form_speed_matches_one_real_sgd_step(norm: str) -> None:
     # Tanh is smooth and lr small: the first-order prediction is within a few percent.
     assert res["pearson"] > 0.99 and res["spearman"] > 0.95
     assert res["median_rel_error"] < 0.05
+    # No coordinate of x^ is clipped here, so the box-aware speed is the same formula.
+    assert res["box"]["pearson"] > 0.99 and res["box"]["median_rel_error"] < 0.05
     assert np.nanmax(np.abs(res["finite_difference"])) > 1e-2  # the step moved the boundary
     assert model[1].weight.dtype == torch.float32 and model[1].weight.grad is None
 
@@ -90,6 +92,7 @@ def test_exact_velocity_is_each_batchs_own_update_and_mean_is_their_average() ->
     np.testing.assert_allclose(got, own, rtol=1e-5, atol=1e-8)
     np.testing.assert_allclose(got_mean, avg, rtol=1e-5, atol=1e-8)
     assert not np.allclose(own, avg)  # the two modes differ
+    assert "kept" not in out["objectives"]["ce"]  # only margin objectives (DyART) keep points
     s = out["objectives"]["ce"]["stats"]
     assert s["n"] == int(np.isfinite(out["objectives"]["ce"]["speed"]).sum())
     assert math.isclose(s["frac_negative_speed"] + s["frac_positive_speed"], 1.0)

@@ -100,12 +100,31 @@ def batch_dynamics(
                 s[ok] = boundary_speed(model, m["x_hat"][ok], y[ok], v, threat)["speed"].double()
             speeds.append(s)
         sp = torch.cat(speeds).numpy()
+        kept = _kept(model, obj, batches, seed)
         fin = np.isfinite(sp)
         stats = conflicting_dynamics(r.numpy(), sp, eps)
         stats["frac_negative_speed"] = float(np.mean(sp[fin] < 0)) if fin.any() else math.nan
         stats["frac_positive_speed"] = float(np.mean(sp[fin] > 0)) if fin.any() else math.nan
         out["objectives"][label] = {"speed": sp, "stats": stats}
+        if kept is not None:
+            out["objectives"][label]["kept"] = kept
     return out
+
+
+def _kept(model: nn.Module, obj: Any, batches: Sequence[Batch], seed: int) -> np.ndarray | None:
+    """For a margin objective (DyART: ``boundary_points``), which points its loss acts on, with
+    the generator seeded as in :func:`objective_velocity` (the same random starts)."""
+    if not hasattr(obj, "boundary_points"):
+        return None
+    from robustlab.analysis.dynamics import _make_state
+
+    out = []
+    for i, (x, y) in enumerate(batches):
+        state = _make_state(model, x.device, seed + i, int(getattr(obj, "burn_in", 0) or 0))
+        mask = torch.zeros(x.shape[0], dtype=torch.bool)
+        mask[obj.boundary_points(x, y, state).index.cpu()] = True
+        out.append(mask)
+    return torch.cat(out).numpy()
 
 
 def speed_agreement(closed: Tensor | np.ndarray, fd: Tensor | np.ndarray) -> dict[str, float]:
@@ -140,8 +159,10 @@ def speed_check(
 ) -> dict[str, Any]:
     """Claim D4: closed-form speeds against the finite difference of verified margins after one
     real SGD step of ``loss_fn`` with rate ``lr`` (on a float64 copy by default, so the margins'
-    precision is not the limit). Returns :func:`speed_agreement` plus the arrays ``closed``,
-    ``finite_difference`` and ``margin`` (points correct and verified before and after)."""
+    precision is not the limit). Returns :func:`speed_agreement` of the paper's formula, ``box``
+    (the same for the box-aware ``speed_box`` of :func:`boundary_speed`, Linf and L2) and the
+    arrays ``closed``, ``closed_box``, ``finite_difference`` and ``margin`` (points correct and
+    verified before and after)."""
     m = copy.deepcopy(model).double() if float64 else copy.deepcopy(model)
     m.eval()
     x = x.to(next(m.parameters()).dtype)
@@ -152,17 +173,24 @@ def speed_check(
         raise RobustlabError("no correctly classified point with a verified margin")
     threat = make_threat(norm, 1.0)
     closed = torch.full((x.shape[0],), math.nan, dtype=torch.float64)
-    closed[ok] = boundary_speed(m, before["x_hat"][ok], y[ok], v, threat)["speed"].double()
+    closed_box = closed.clone()
+    res = boundary_speed(m, before["x_hat"][ok], y[ok], v, threat, x=x[ok])
+    closed[ok] = res["speed"].double()
+    if "speed_box" in res:
+        closed_box[ok] = res["speed_box"].double()
     after = minimum_margins(
         sgd_step_copy(m, loss_fn, lr), x, y, norm=norm, steps=margin_steps, seed=seed
     )
     ok &= after["verified"] & after["correct"]
     fd = torch.where(ok, (after["margin"] - before["margin"]) / lr, math.nan)
     closed = torch.where(ok, closed, math.nan)
+    closed_box = torch.where(ok, closed_box, math.nan)
     return {
         **speed_agreement(closed, fd),
+        "box": speed_agreement(closed_box, fd) if threat.name in ("linf", "l2") else None,
         "lr": lr,
         "closed": closed.numpy(),
+        "closed_box": closed_box.numpy(),
         "finite_difference": fd.numpy(),
         "margin": torch.where(ok, before["margin"], math.nan).numpy(),
     }

@@ -94,11 +94,13 @@ def d2(paper: DyartPaper, ctx: PlanContext, data: dict[int, dict[str, Any]]) -> 
                          "DyART": [float(np.nanmean(b)) for b in dy]},
             )
         )  # fmt: skip
+        kept = [_kept_below_eps(paper, ctx, data[s], ck) for s in ctx.seeds]
         rows.append([label, *_ms([float(np.isfinite(a).sum()) for a in at]),
                      *_ms([float(np.nanmean(a)) for a in at]),
-                     *_ms([float(np.nanmean(b)) for b in dy])])  # fmt: skip
+                     *_ms([float(np.nanmean(b)) for b in dy]), *_ms(kept)])  # fmt: skip
     table = {"columns": ["checkpoint", "points below eps", "sd", "PGD-AT approaching", "sd",
-                         "DyART approaching", "sd"], "rows": rows}  # fmt: skip
+                         "DyART approaching", "sd", "below eps kept by DyART", "sd"],
+             "rows": rows}  # fmt: skip
     return paper.claim(
         ctx, "D2",
         "DyART reduces the fraction of small-margin points the boundary approaches compared to "
@@ -106,6 +108,16 @@ def d2(paper: DyartPaper, ctx: PlanContext, data: dict[int, dict[str, Any]]) -> 
         "paper", comps, n, notes=_velocity_note(paper, ctx),
         tables={"negative speeds among points with margin below eps": table},
     )  # fmt: skip
+
+
+def _kept_below_eps(paper: DyartPaper, ctx: PlanContext, d: dict, ck: str) -> float:
+    """Fraction of the points with margin below eps on which DyART's margin term acts."""
+    eps = paper.budget(ctx).eps
+    r, kept = d[f"{ck}/margin"], d.get(f"{ck}/kept/dyart")
+    small = np.isfinite(r) & (r < eps)
+    if kept is None or not small.any():
+        return math.nan
+    return float(kept[small].mean())
 
 
 def d3(
@@ -118,7 +130,7 @@ def d3(
         comps.append(comparison(
             f"robust accuracy at eps {fmt_eps(eps)} (worst of PGD-CE and PGD-margin): "
             "DyART − PGD-AT",
-            [mean_diff(x, y) for x, y in zip(dy, at, strict=True)], b.n_test,
+            [mean_diff(x, y) for x, y in zip(dy, at, strict=True)], paper.n_test(ctx),
         ))  # fmt: skip
     if b.aa_n > 0:
         at = [r.arrays(key("at", s))["aa_correct"] for s in seeds]
@@ -149,7 +161,7 @@ def d3(
         "DyART trained from the shared burn-in reaches higher robust accuracy than PGD-AT "
         "across eps (0.5x to 2x the training eps) at a matched training budget, under the "
         "worst-case protocol and AutoAttack at the main eps.",
-        "paper", comps, b.n_test, tables={"accuracy per eps (seed means)": table},
+        "paper", comps, paper.n_test(ctx), tables={"accuracy per eps (seed means)": table},
         notes=f"Matched budget: the same {d.epochs} epochs, optimizer and schedule from the same "
         f"burn-in ({d.burnin_epochs} natural epochs); DyART costs more per epoch (s / epoch "
         f"column). DyART: lam {d.lam:g}, alpha {d.alpha:g}, r0 {d.r0_factor:g} eps, "
@@ -170,19 +182,22 @@ def _agreement(closed: np.ndarray, fd: np.ndarray, what: str) -> Any:
 def d4(paper: DyartPaper, ctx: PlanContext, data: dict[int, dict[str, Any]]) -> Claim:
     from robustlab.analysis.batch_dynamics import speed_agreement
 
-    d, seeds = paper.settings(ctx), ctx.seeds
-    c = [data[s]["d4/closed"] for s in seeds]
+    d, seeds, comps = paper.settings(ctx), ctx.seeds, []
     f = [data[s]["d4/finite_difference"] for s in seeds]
-    full = [speed_agreement(x, y) for x, y in zip(c, f, strict=True)]
-    details = {k: [a[k] for a in full] for k in ("pearson", "spearman", "median_rel_error", "n")}
-    comps = [
-        comparison("Pearson correlation of closed-form and finite-difference speeds − 0.9",
-                   [_agreement(x, y, "pearson") for x, y in zip(c, f, strict=True)], d.d4_n,
-                   n_boot=300, details=details),
-        comparison("0.1 − median relative error |fd − closed| / |fd|",
-                   [_agreement(x, y, "rel") for x, y in zip(c, f, strict=True)], d.d4_n,
-                   n_boot=300, details=details),
-    ]  # fmt: skip
+    for field, name in (("closed", "paper's formula |grad_x phi|_1"),
+                        ("closed_box", "box-aware formula (free coordinates only)")):
+        c = [data[s][f"d4/{field}"] for s in seeds]
+        full = [speed_agreement(x, y) for x, y in zip(c, f, strict=True)]
+        details = {k: [a[k] for a in full]
+                   for k in ("pearson", "spearman", "median_rel_error", "n")}
+        comps += [
+            comparison(f"{name}: Pearson correlation with the finite difference − 0.9",
+                       [_agreement(x, y, "pearson") for x, y in zip(c, f, strict=True)],
+                       d.d4_n, n_boot=300, details=details),
+            comparison(f"{name}: 0.1 − median relative error |fd − closed| / |fd|",
+                       [_agreement(x, y, "rel") for x, y in zip(c, f, strict=True)], d.d4_n,
+                       n_boot=300, details=details),
+        ]  # fmt: skip
     return paper.claim(
         ctx, "D4",
         "The closed-form boundary speed agrees with the finite difference of verified margins "
@@ -191,5 +206,7 @@ def d4(paper: DyartPaper, ctx: PlanContext, data: dict[int, dict[str, Any]]) -> 
         notes=f"At the burn-in checkpoint (live weights, as a float64 copy), PGD-AT loss on one "
         f"training batch, one torch.optim.SGD step of lr {d.d4_lr:g}; margins of the first "
         f"{d.d4_n} test images before and after by the FAB solver ({2 * d.margin_steps} steps); "
-        "points correct and verified both times.",
+        "points correct and verified both times. Two closed forms: the paper's (ignores the "
+        "[0, 1] box) and robustlab's box-aware one (only unclipped coordinates of x^ can move); "
+        "both are checked, the claim holds only if both agree.",
     )  # fmt: skip

@@ -79,9 +79,11 @@ def _compute(paper: Any, ctx: Any, s: int) -> dict[str, np.ndarray]:
         out[f"{ck}/margin"] = res["margin"]
         for label, r in res["objectives"].items():
             out[f"{ck}/speed/{label}"] = r["speed"]
+            if "kept" in r:
+                out[f"{ck}/kept/{label}"] = r["kept"]
         if ck == "burnin":
             chk = _d4(paper, ctx, model, s, batches[0])
-            for k in ("closed", "finite_difference", "margin"):
+            for k in ("closed", "closed_box", "finite_difference", "margin"):
                 out[f"d4/{k}"] = chk[k]
     x, y = claims_images(b.dataset, d.n_margin)
     for kind in ("burnin", "at", "dyart"):

@@ -47,10 +47,11 @@ class MetricScale:
 
 # cpu: Fashion-MNIST, LeNet-5, eps 0.1 (the shared cpu budget). Settings fixed from a pilot on
 # seed 100 (not a verdict seed) by the accuracy curve alone: at the recipes' lr 0.05, MNIST
-# reached 89% at the first record and stayed flat; Fashion-MNIST at lr 0.02 rises 66% -> 86%
-# over 8 epochs, so the rise of the metric with accuracy is observable per epoch.
+# reached 89% at the first record and barely moved after; Fashion-MNIST at lr 0.02 rises
+# 66% -> 86% over 8 epochs, so the rise of the metric with accuracy is observable per epoch.
+# 6 epochs (not 8) to fit the time budget on the shared machine.
 METRIC_SCALES = {
-    "cpu": MetricScale(epochs=8, lr=0.02, c=1.0, n_callback=256, n_claims=500),
+    "cpu": MetricScale(epochs=6, lr=0.02, c=1.0, n_callback=200, n_claims=300),
     "gpu": MetricScale(epochs=15, lr=None, c=1.0, n_callback=512, n_claims=1000),
     "paper": MetricScale(epochs=0, lr=None, c=1.0, n_callback=1000, n_claims=2000),
     "tiny": MetricScale(epochs=2, lr=None, c=1.0, n_callback=16, n_claims=40),
