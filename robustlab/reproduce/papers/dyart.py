@@ -118,9 +118,13 @@ class DyartPaper(Paper):
         for s in ctx.seeds:
             burn = key("burnin", s)
             weights = f"model.weights={ctx.run_dir(burn)}"
-            out.append(run_spec(burn, b, "standard", s, (f"train.epochs={d.burnin_epochs}", *d.extra)))
-            for kind, recipe, epochs in (("atpart", "pgd_at", d.atpart_epochs),
-                                         ("at", "pgd_at", d.epochs), ("dyart", "dyart", d.epochs)):
+            burn_over = (f"train.epochs={d.burnin_epochs}", *d.extra)
+            out.append(run_spec(burn, b, "standard", s, burn_over))
+            for kind, recipe, epochs in (
+                ("atpart", "pgd_at", d.atpart_epochs),
+                ("at", "pgd_at", d.epochs),
+                ("dyart", "dyart", d.epochs),
+            ):
                 params = self.objective_params(ctx, recipe)
                 over = [f"objective.{k}={v!r}" for k, v in params.items()]
                 over += list(SAME_OPTIM)
@@ -146,9 +150,7 @@ class DyartPaper(Paper):
 
     def evaluations(self, ctx: PlanContext) -> list[EvalTarget]:
         p = self.protocol(ctx)
-        return [
-            EvalTarget(key(k, s), p) for s in ctx.seeds for k in ("burnin", "at", "dyart")
-        ]
+        return [EvalTarget(key(k, s), p) for s in ctx.seeds for k in ("burnin", "at", "dyart")]
 
     def eval_cost(self, ctx: PlanContext) -> float:
         d = self.settings(ctx)

@@ -87,7 +87,8 @@ def d2(paper: DyartPaper, ctx: PlanContext, data: dict[int, dict[str, Any]]) -> 
         comps.append(
             comparison(
                 f"{label} checkpoint: fraction approaching (margin < eps), PGD-AT − DyART",
-                [lambda idx, a=a, b=b: _frac(a)(idx) - _frac(b)(idx) for a, b in zip(at, dy, strict=True)],
+                [lambda idx, a=a, b=b: _frac(a)(idx) - _frac(b)(idx)
+                 for a, b in zip(at, dy, strict=True)],
                 n,
                 n_boot=500,
                 details={"PGD-AT": [float(np.nanmean(a)) for a in at],
@@ -120,9 +121,7 @@ def _kept_below_eps(paper: DyartPaper, ctx: PlanContext, d: dict, ck: str) -> fl
     return float(kept[small].mean())
 
 
-def d3(
-    paper: DyartPaper, ctx: PlanContext, r: Results, data: dict[int, dict[str, Any]]
-) -> Claim:
+def d3(paper: DyartPaper, ctx: PlanContext, r: Results, data: dict[int, dict[str, Any]]) -> Claim:
     b, seeds, comps = paper.budget(ctx), ctx.seeds, []
     for eps in paper.eps_values(ctx):
         at = [r.arrays(key("at", s))[f"robust_correct@{eps_label(eps)}"] for s in seeds]
@@ -184,12 +183,15 @@ def d4(paper: DyartPaper, ctx: PlanContext, data: dict[int, dict[str, Any]]) -> 
 
     d, seeds, comps = paper.settings(ctx), ctx.seeds, []
     f = [data[s]["d4/finite_difference"] for s in seeds]
-    for field, name in (("closed", "paper's formula |grad_x phi|_1"),
-                        ("closed_box", "box-aware formula (free coordinates only)")):
+    for field, name in (
+        ("closed", "paper's formula |grad_x phi|_1"),
+        ("closed_box", "box-aware formula (free coordinates only)"),
+    ):
         c = [data[s][f"d4/{field}"] for s in seeds]
         full = [speed_agreement(x, y) for x, y in zip(c, f, strict=True)]
-        details = {k: [a[k] for a in full]
-                   for k in ("pearson", "spearman", "median_rel_error", "n")}
+        details = {
+            k: [a[k] for a in full] for k in ("pearson", "spearman", "median_rel_error", "n")
+        }
         comps += [
             comparison(f"{name}: Pearson correlation with the finite difference − 0.9",
                        [_agreement(x, y, "pearson") for x, y in zip(c, f, strict=True)],

@@ -27,7 +27,11 @@ from robustlab.reproduce.protocol import Protocol, eps_label
 
 __all__ = ["MetricPaper", "MetricScale", "METRIC_SCALES", "MODELS"]
 
-MODELS = (("std", "standard", "standard"), ("at", "pgd_at", "PGD-AT"), ("fisher", "fisher", "Fisher reg."))
+MODELS = (
+    ("std", "standard", "standard"),
+    ("at", "pgd_at", "PGD-AT"),
+    ("fisher", "fisher", "Fisher reg."),
+)
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,8 @@ class MetricPaper(Paper):
                 if kind == "fisher":
                     extra.append(f"objective.c={m.c!r}")
                 spec = run_spec(_key(kind, s), b, recipe, s, extra, adversarial=kind != "std")
-                out.append(replace(spec, cost=spec.cost * epochs_factor * (1.2 if kind == "fisher" else 1)))
+                factor = epochs_factor * (1.2 if kind == "fisher" else 1.0)
+                out.append(replace(spec, cost=spec.cost * factor))
         return out
 
     def protocol(self, ctx: PlanContext) -> Protocol:

@@ -108,16 +108,18 @@ def c2(paper: MetricPaper, ctx: PlanContext, data: dict[int, dict[str, Any]]) ->
                     },
                 )
             )
+        fis = [float(data[s][kind]["fisher"][0].mean()) for s in seeds]
+        fis_std = [float(data[s]["std"]["fisher"][m[0]].mean())
+                   for s, m in zip(seeds, match, strict=True)]  # fmt: skip
         rows.append(
             [label, *ms([m[1] for m in match]), *ms([m[2] for m in match]),
-             "/".join(str(m[0] + 1) for m in match),
-             *ms([float(data[s][kind]["fisher"][0].mean()) for s in seeds]),
-             *ms([float(data[s]["std"]["fisher"][m[0]].mean()) for s, m in zip(seeds, match, strict=True)]),
+             "/".join(str(m[0] + 1) for m in match), *ms(fis), *ms(fis_std),
              *ms([float(data[s][kind]["scale"][0]) for s in seeds])]
         )  # fmt: skip
-    rows.append(["standard (final)", *ms([float(data[s]["std"]["correct"][-1].mean()) for s in seeds]),
-                 "", "", "", *ms([float(data[s]["std"]["fisher"][-1].mean()) for s in seeds]),
-                 "", "", *ms([float(data[s]["std"]["scale"][-1]) for s in seeds])])  # fmt: skip
+    final = {k: [float(np.mean(data[s]["std"][k][-1])) for s in seeds]
+             for k in ("correct", "fisher", "scale")}  # fmt: skip
+    rows.append(["standard (final)", *ms(final["correct"]), "", "", "", *ms(final["fisher"]),
+                 "", "", *ms(final["scale"])])  # fmt: skip
     table = {
         "columns": ["model", "clean acc", "sd", "matched standard acc", "sd", "matched epochs",
                     "Fisher norm", "sd", "standard Fisher (matched)", "sd", "logit scale", "sd"],
@@ -138,9 +140,7 @@ def c2(paper: MetricPaper, ctx: PlanContext, data: dict[int, dict[str, Any]]) ->
     )
 
 
-def c3(
-    paper: MetricPaper, ctx: PlanContext, r: Results, data: dict[int, dict[str, Any]]
-) -> Claim:
+def c3(paper: MetricPaper, ctx: PlanContext, r: Results, data: dict[int, dict[str, Any]]) -> Claim:
     b, seeds = paper.budget(ctx), ctx.seeds
     eps = b.eps
     std = [robust_of(r, f"metric-std-s{s}", eps) for s in seeds]

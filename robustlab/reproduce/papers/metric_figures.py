@@ -30,8 +30,9 @@ def metric_figures(
     xs = list(range(1, n_ep + 1))
     out = []
     for key, label, fname in _PANELS:
+        logs = {k: [data[s]["logs"][k] for s in seeds] for k, _, _ in MODELS}
         series = {
-            name: [[float(data[s]["logs"][k][e].get(key, np.nan)) for s in seeds] for e in range(n_ep)]
+            name: [[float(log[e].get(key, np.nan)) for log in logs[k]] for e in range(n_ep)]
             for k, _, name in MODELS
         }
         png = band_curves(xs, series, "epoch", label, f"{label} over training")
