@@ -112,6 +112,20 @@ def test_no_correct_point_gives_cross_entropy() -> None:
     torch.testing.assert_close(loss, F.cross_entropy(model(x), y))
 
 
+def test_correct_points_without_a_boundary_point_give_cross_entropy() -> None:
+    """Constant logits: every point is correct but the solver finds no boundary (no crash)."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).double()
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.copy_(torch.tensor([5.0, 0.0, 0.0]))
+    x = torch.rand(6, 1, 2, 2, dtype=torch.float64)
+    y = torch.zeros(6, dtype=torch.long)
+    loss, logs = create_objective("dyart", **loose())(model, x, y, None, state(model))
+    assert float(logs["correct"]) == 1.0 and float(logs["found"]) == 0.0
+    assert float(logs["kept"]) == 0.0
+    torch.testing.assert_close(loss, F.cross_entropy(model(x), y))
+
+
 def test_burn_in_epochs_are_plain_cross_entropy(trained_mlp) -> None:
     model, x, y = trained_mlp
     obj = create_objective("dyart", **loose(burn_in=2))

@@ -175,6 +175,8 @@ class DyART(Objective):
             res = self._search(m, x, y, ci, phi, threat, index, state)
             found = res.found
             idx = ci[found]
+            if idx.numel() == 0:  # correct points, but no boundary point found for any
+                return BoundaryBatch(empty, x[:0], x.new_zeros(0), x.new_zeros(0), ci.numel(), 0)
             x_hat = res.x_boundary[found].detach().requires_grad_(True)
             with torch.enable_grad():
                 phi_hat = phi(m(x_hat), y[idx])
