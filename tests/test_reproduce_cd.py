@@ -37,7 +37,7 @@ def test_dyart_runs_share_optimizer_and_budget() -> None:
     ctx = PlanContext("cpu", [0], Path("/tmp/x"))
     specs = {s.key: s for s in get_paper("dyart").runs(ctx)}
     at, dy = specs["dyart-at-s0"].overrides, specs["dyart-dyart-s0"].overrides
-    for o in ("optim.nesterov=true", "optim.clip_grad_norm=1.0", "train.epochs=3"):
+    for o in ("optim.nesterov=true", "optim.clip_grad_norm=1.0", "train.epochs=2"):
         assert o in at and o in dy
     assert "objective.burn_in=0" in dy  # the burn-in is the shared natural run
 
