@@ -59,6 +59,8 @@ def test_speed_agreement_detects_a_wrong_sign() -> None:
     assert bad["pearson"] < -0.99 and bad["median_rel_error"] == pytest.approx(2.0)
     with pytest.raises(RobustlabError, match="at least 3"):
         speed_agreement(c[:2], c[:2])
+    loose = speed_agreement(c[:2], c[:2], strict=False)
+    assert loose["n"] == 2 and math.isnan(loose["pearson"])
 
 
 def _ce(m, xb, yb, index, state):  # the objective call signature  # noqa: ANN001, ANN202

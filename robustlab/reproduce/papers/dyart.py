@@ -56,6 +56,7 @@ class DyartScale:
     n_margin: int
     substantial: float = 0.1
     n_test: int | None = None  # test images of the protocol (None: the shared budget's)
+    n_train_after: int | None = None  # training images after the burn-in (None: the budget's)
     extra: tuple[str, ...] = ()
 
 
@@ -65,12 +66,13 @@ DYART_SCALES = {
     # 0), so 2 epochs; lam 50 makes the margin term's velocity comparable to CE's (4.6 vs 8.6
     # at the burn-in, 4.5 vs 1.7 after 1 AT epoch); 30 FAB steps give margins within 1% of
     # 100 steps at a third of the cost; D4 at lr 0.005 (at the training lr 0.05 only 4 of 32
-    # points stay correct and verified). 2 epochs of PGD-AT / DyART after the burn-in to fit
-    # the time budget on the shared machine (a DyART epoch costs about 3 PGD-AT epochs).
+    # points stay correct and verified). 2 epochs of PGD-AT / DyART on 2,000 images after the
+    # burn-in to fit the time budget on the shared machine (a DyART epoch costs about 3 PGD-AT
+    # epochs; the machine ran at load 20-28 on 2 cores).
     "cpu": DyartScale(
         burnin_epochs=2, atpart_epochs=1, epochs=2, lam=50.0, alpha=3.0, r0_factor=2.0,
         fab_steps=10, n_batches=3, batch=64, velocity="exact", margin_steps=30, d4_n=32,
-        d4_lr=5e-3, n_margin=100, n_test=500,
+        d4_lr=5e-3, n_margin=100, n_test=500, n_train_after=2000,
     ),
     "gpu": DyartScale(
         burnin_epochs=3, atpart_epochs=2, epochs=12, lam=1000.0, alpha=3.0, r0_factor=2.0,
@@ -129,6 +131,8 @@ class DyartPaper(Paper):
                 params = self.objective_params(ctx, recipe)
                 over = [f"objective.{k}={v!r}" for k, v in params.items()]
                 over += list(SAME_OPTIM)
+                if d.n_train_after:
+                    over.append(f"data.n_train={d.n_train_after}")
                 spec = run_spec(key(kind, s), b, recipe, s,
                                 (*over, f"train.epochs={epochs}", weights, *d.extra),
                                 needs=(burn,), adversarial=True)  # fmt: skip

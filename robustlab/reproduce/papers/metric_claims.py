@@ -152,12 +152,12 @@ def c3(paper: MetricPaper, ctx: PlanContext, r: Results, data: dict[int, dict[st
             f"robust accuracy (eps {fmt_eps(eps)}, worst of PGD-CE and PGD-margin): "
             "Fisher reg. − standard",
             [mean_diff(f, s) for f, s in zip(fis, std, strict=True)],
-            b.n_test,
+            paper.protocol(ctx).n_test,
         ),
         comparison(
             "seconds per training epoch: PGD-AT − Fisher reg.",
             [lambda idx, v=a - f: v for a, f in zip(sec["at"], sec["fisher"], strict=True)],
-            b.n_test,
+            paper.protocol(ctx).n_test,
             n_boot=10,
             details={"PGD-AT": sec["at"], "Fisher reg.": sec["fisher"]},
         ),
