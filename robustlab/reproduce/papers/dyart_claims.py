@@ -42,7 +42,7 @@ def _velocity_note(paper: DyartPaper, ctx: PlanContext) -> str:
         f"Velocity -grad L of each objective on the live weights (no EMA) of the checkpoint, "
         f"{how}; {d.n_batches} seeded batches of {d.batch} training images per seed; margins "
         f"and closest boundary points by the verified FAB solver ({d.margin_steps} steps); "
-        f"speed = <grad_theta phi(x^), theta'> / |grad_x phi(x^)|_1 (Linf)."
+        f"speed = <grad_theta phi(x^), theta'> / ‖grad_x phi(x^)‖_1 (Linf)."
     )
 
 
@@ -187,7 +187,7 @@ def d4(paper: DyartPaper, ctx: PlanContext, data: dict[int, dict[str, Any]]) -> 
     d, seeds, comps = paper.settings(ctx), ctx.seeds, []
     f = [data[s]["d4/finite_difference"] for s in seeds]
     for field, name in (
-        ("closed", "paper's formula |grad_x phi|_1"),
+        ("closed", "paper's formula (dual norm of grad_x phi)"),
         ("closed_box", "box-aware formula (free coordinates only)"),
     ):
         c = [data[s][f"d4/{field}"] for s in seeds]
@@ -199,7 +199,7 @@ def d4(paper: DyartPaper, ctx: PlanContext, data: dict[int, dict[str, Any]]) -> 
             comparison(f"{name}: Pearson correlation with the finite difference − 0.9",
                        [_agreement(x, y, "pearson") for x, y in zip(c, f, strict=True)],
                        d.d4_n, n_boot=300, details=details),
-            comparison(f"{name}: 0.1 − median relative error |fd − closed| / |fd|",
+            comparison(f"{name}: 0.1 − median relative error (fd − closed) / fd in absolute value",
                        [_agreement(x, y, "rel") for x, y in zip(c, f, strict=True)], d.d4_n,
                        n_boot=300, details=details),
         ]  # fmt: skip
