@@ -56,6 +56,8 @@ class DyartScale:
     n_margin: int
     substantial: float = 0.1
     n_test: int | None = None  # test images of the protocol (None: the shared budget's)
+    aa_n: int | None = None  # AutoAttack images (None: the shared budget's)
+    checks_n: int | None = None  # images of the gradient-masking checks (None: the budget's)
     n_train_after: int | None = None  # training images after the burn-in (None: the budget's)
     extra: tuple[str, ...] = ()
 
@@ -143,14 +145,19 @@ class DyartPaper(Paper):
     def n_test(self, ctx: PlanContext) -> int:
         return self.settings(ctx).n_test or self.budget(ctx).n_test
 
+    def aa_n(self, ctx: PlanContext) -> int:
+        d = self.settings(ctx)
+        return self.budget(ctx).aa_n if d.aa_n is None else d.aa_n
+
     def eps_values(self, ctx: PlanContext) -> tuple[float, ...]:
         return tuple(f * self.budget(ctx).eps for f in EPS_FACTORS)
 
     def protocol(self, ctx: PlanContext) -> Protocol:
-        b = self.budget(ctx)
+        b, d = self.budget(ctx), self.settings(ctx)
         return Protocol(
             dataset=b.dataset, n_test=self.n_test(ctx), eps=self.eps_values(ctx), main_eps=b.eps,
-            pgd_steps=b.pgd_steps, aa_n=b.aa_n, checks_n=b.checks_n, analyses=("logits",),
+            pgd_steps=b.pgd_steps, aa_n=self.aa_n(ctx),
+            checks_n=b.checks_n if d.checks_n is None else d.checks_n, analyses=("logits",),
         )  # fmt: skip
 
     def evaluations(self, ctx: PlanContext) -> list[EvalTarget]:

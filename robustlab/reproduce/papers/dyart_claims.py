@@ -131,13 +131,14 @@ def d3(paper: DyartPaper, ctx: PlanContext, r: Results, data: dict[int, dict[str
             "DyART − PGD-AT",
             [mean_diff(x, y) for x, y in zip(dy, at, strict=True)], paper.n_test(ctx),
         ))  # fmt: skip
-    if b.aa_n > 0:
+    aa_n = paper.aa_n(ctx)
+    if aa_n > 0:
         at = [r.arrays(key("at", s))["aa_correct"] for s in seeds]
         dy = [r.arrays(key("dyart", s))["aa_correct"] for s in seeds]
         comps.append(comparison(
-            f"AutoAttack (standard) at eps {fmt_eps(b.eps)} on the first {b.aa_n}: "
+            f"AutoAttack (standard) at eps {fmt_eps(b.eps)} on the first {aa_n}: "
             "DyART − PGD-AT",
-            [mean_diff(x, y) for x, y in zip(dy, at, strict=True)], b.aa_n,
+            [mean_diff(x, y) for x, y in zip(dy, at, strict=True)], aa_n,
         ))  # fmt: skip
     rows = []
     for kind, label in (("burnin", "burn-in"), ("at", "PGD-AT"), ("dyart", "DyART")):
@@ -152,7 +153,7 @@ def d3(paper: DyartPaper, ctx: PlanContext, r: Results, data: dict[int, dict[str
                      *_ms([x["time_s"] / x["epochs"] for x in runs])])  # fmt: skip
     table = {"columns": ["model", "clean", "sd",
                          *[f"eps {fmt_eps(e)}" for e in paper.eps_values(ctx)],
-                         f"AutoAttack (first {b.aa_n})", "sd", "s / epoch", "sd"],
+                         f"AutoAttack (first {aa_n})", "sd", "s / epoch", "sd"],
              "rows": rows}  # fmt: skip
     d = paper.settings(ctx)
     return paper.claim(

@@ -47,6 +47,8 @@ class MetricScale:
     n_callback: int
     n_claims: int
     n_test: int | None = None  # test images of the protocol (None: the shared budget's)
+    aa_n: int | None = None  # AutoAttack images (None: the shared budget's)
+    checks_n: int | None = None  # images of the gradient-masking checks (None: the budget's)
     extra: tuple[str, ...] = ()
 
 
@@ -115,11 +117,11 @@ class MetricPaper(Paper):
         return out
 
     def protocol(self, ctx: PlanContext) -> Protocol:
-        b = self.budget(ctx)
+        b, m = self.budget(ctx), self.settings(ctx)
         return Protocol(
-            dataset=b.dataset, n_test=self.settings(ctx).n_test or b.n_test, eps=(b.eps,),
-            main_eps=b.eps,
-            pgd_steps=b.pgd_steps, aa_n=b.aa_n, checks_n=b.checks_n, analyses=("logits",),
+            dataset=b.dataset, n_test=m.n_test or b.n_test, eps=(b.eps,), main_eps=b.eps,
+            pgd_steps=b.pgd_steps, aa_n=b.aa_n if m.aa_n is None else m.aa_n,
+            checks_n=b.checks_n if m.checks_n is None else m.checks_n, analyses=("logits",),
         )  # fmt: skip
 
     def evaluations(self, ctx: PlanContext) -> list[EvalTarget]:

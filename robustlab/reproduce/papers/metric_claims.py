@@ -177,7 +177,8 @@ def c3(paper: MetricPaper, ctx: PlanContext, r: Results, data: dict[int, dict[st
         )  # fmt: skip
     table = {
         "columns": ["model", "clean", "sd", f"robust eps {fmt_eps(eps)} (worst case)", "sd",
-                    f"AutoAttack (first {b.aa_n})", "sd", "s / epoch", "sd", "passes per batch"],
+                    f"AutoAttack (first {paper.protocol(ctx).aa_n})", "sd", "s / epoch", "sd",
+                    "passes per batch"],
         "rows": rows,
     }  # fmt: skip
     return paper.claim(
