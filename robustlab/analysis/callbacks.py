@@ -94,6 +94,8 @@ class AnalysisCallback:
         if "dynamics" in self.what:
             # The live objective (its per-sample caches, e.g. distillation's teacher targets,
             # are indexed by training-set index) on a seeded training batch with its indices.
+            if ctx.objective is None:
+                raise RobustlabError("the dynamics analysis needs the run's live objective")
             objective = {ctx.config.objective.name: ctx.objective}
             tidx = select_samples(len(data.train), min(256, len(data.train)), self.seed + 1)
             batch = (
