@@ -12,7 +12,9 @@ $(BIN)/robustlab: pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[test,dev,report,bench,docs]"
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps torchattacks==3.5.1
 	# the reference AutoAttack (commit a392200, MIT): a test/bench dependency, never imported by robustlab
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps $${ROBUSTLAB_SHARED:-../shared}/reference/autoattack-a392200.tar.gz
+	# (only where ../shared is present: the library and the demo never need it)
+	ref=$${ROBUSTLAB_SHARED:-../shared}/reference/autoattack-a392200.tar.gz; \
+	  if [ -f "$$ref" ]; then $(BIN)/pip install -q --disable-pip-version-check --no-deps "$$ref"; fi
 	touch $(BIN)/robustlab
 
 setup: $(BIN)/robustlab
