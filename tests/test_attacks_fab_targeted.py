@@ -4,6 +4,8 @@ lands in a third class is adversarial."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 
@@ -58,10 +60,10 @@ def test_fab_t_breaks_the_point_through_a_third_class() -> None:
     assert float((x_adv - x).abs().amax()) <= 0.2 + 1e-12
 
 
-def test_reference_fab_t_also_breaks_it_through_the_third_class() -> None:
+def test_reference_fab_t_also_breaks_it_through_the_third_class(shared_root: Path) -> None:
     """The reference AutoAttack's FAB-T (a392200, installed by make setup) on the same model and
     target: it too returns a point of the third class, within eps."""
-    from autoattack.fab_pt import FABAttack_PT
+    from autoattack.fab_pt import FABAttack_PT  # make setup installs it where ../shared is
 
     model, (x, y) = ThirdClass(), inputs()
     ref = FABAttack_PT(

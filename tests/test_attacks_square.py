@@ -4,6 +4,7 @@ models."""
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import pytest
 import torch
@@ -167,11 +168,12 @@ def test_square_as_strong_as_torchattacks(norm: str, eps: float) -> None:
 
 
 @pytest.mark.parametrize("rescale", [False, True])
-def test_p_schedule_matches_reference_for_5000_queries(rescale: bool) -> None:
+def test_p_schedule_matches_reference_for_5000_queries(rescale: bool, shared_root: Path) -> None:
     """p(iteration) for every update of a 5000-query run equals the reference's
     ``SquareAttack.p_selection`` (AutoAttack a392200); AutoAttack builds Square with
     ``resc_schedule=False``, which must not be rescaled to a 10000-query budget."""
-    from autoattack.square import SquareAttack  # the reference (make setup installs it)
+    # the reference: make setup installs it wherever ../shared (shared_root) is present
+    from autoattack.square import SquareAttack
 
     ref = SquareAttack(lambda x: x, p_init=0.8, n_queries=5000, resc_schedule=rescale, device="cpu")
     ours = [p_schedule(0.8, it, 5000, rescale=rescale) for it in range(5000)]
