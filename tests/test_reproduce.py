@@ -287,3 +287,19 @@ def test_submitit_launcher_local_executor(tmp_path) -> None:
     assert list((rd / "submitit").iterdir())  # the jobs went through submitit
     log = [json.loads(line) for line in (rd / "reproduce.jsonl").read_text().splitlines()]
     assert sum(r["event"] == "done" for r in log) == 6  # 3 trainings + 3 evaluations
+
+
+def test_missing_dataset_fails_before_any_run(tmp_path, capsys, shared_root, monkeypatch) -> None:
+    """A plan on data that is not on disk is refused up front: one line, nothing written."""
+    monkeypatch.setenv("ROBUSTLAB_DATA", str(tmp_path))  # restored after the test (--data-dir sets it)
+    rd = tmp_path / "root"
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    args = ["reproduce", "uncertainty", "--scale", "cpu", "--seeds", "0", "--run-dir", str(rd)]
+    for extra in ([], ["--dry-run"]):  # refused before the plan is printed or written
+        assert main([*args, *extra, "--data-dir", str(empty)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "fashion-mnist" in err and "not found" in err and len(err.splitlines()) == 1
+        assert not rd.exists()
+    assert main([*args, "--dry-run", "--data-dir", str(shared_root / "data")]) == 0
+    assert "std-s0" in capsys.readouterr().out

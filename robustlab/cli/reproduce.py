@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 __all__ = ["register"]
 
@@ -22,6 +23,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", default=None, help="root folder (default runs/reproduce-SCALE)")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (default 1)")
     p.add_argument("--launcher", default="local", help="local | slurm (submitit)")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="root of the datasets (default: $ROBUSTLAB_DATA, else the per-user cache)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the plan and its cost only")
     p.set_defaults(func=run)
 
@@ -30,6 +36,9 @@ def run(args: argparse.Namespace) -> int:
     from robustlab.reproduce.runner import parse_seeds, reproduce
 
     seeds = parse_seeds(args.seeds)
+    if args.data_dir is not None:
+        # the runs (in this process, worker processes or Slurm jobs) read the root from here
+        os.environ["ROBUSTLAB_DATA"] = os.path.abspath(args.data_dir)
     reproduce(
         args.paper,
         scale=args.scale,

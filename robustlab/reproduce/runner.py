@@ -30,7 +30,7 @@ from robustlab.reproduce.plan import (
     resolve_papers,
 )
 
-__all__ = ["reproduce", "parse_seeds", "check_run_root", "plan_text"]
+__all__ = ["reproduce", "parse_seeds", "check_run_root", "check_datasets", "plan_text"]
 
 LAUNCHERS = ("local", "slurm")
 
@@ -61,6 +61,26 @@ def check_run_root(path: Path) -> None:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise ReproduceError(f"run directory {path} cannot be created ({parent} is not writable)")
+
+
+def check_datasets(specs: list[RunSpec]) -> None:
+    """Every dataset the plan trains on must be on disk before the first run starts (a missing
+    one would otherwise fail every run, one after another, after the plan was written)."""
+    from robustlab.config import load_config
+    from robustlab.data.datasets import locate_dataset
+    from robustlab.errors import RobustlabError
+
+    seen: set[tuple[str, str | None]] = set()
+    for s in specs:
+        data = load_config(s.recipe_path(), list(s.overrides), check=False).data
+        key = (data.dataset, data.data_dir)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            locate_dataset(data.dataset, data.data_dir)
+        except RobustlabError as e:
+            raise ReproduceError(f"run {s.key} needs data: {e}") from None
 
 
 def _dedupe(targets: list[EvalTarget], ctx: PlanContext) -> list[EvalTarget]:
@@ -133,6 +153,7 @@ def reproduce(
     for p in papers:
         p.check_ready(ctx)
     specs = merge_runs(papers, ctx)
+    check_datasets(specs)
     if dry_run:
         print(plan_text(specs, papers, ctx, jobs))
         return {}
