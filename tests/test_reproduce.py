@@ -291,7 +291,8 @@ def test_submitit_launcher_local_executor(tmp_path) -> None:
 
 def test_missing_dataset_fails_before_any_run(tmp_path, capsys, shared_root, monkeypatch) -> None:
     """A plan on data that is not on disk is refused up front: one line, nothing written."""
-    monkeypatch.setenv("ROBUSTLAB_DATA", str(tmp_path))  # restored after the test (--data-dir sets it)
+    # --data-dir sets ROBUSTLAB_DATA in this process; monkeypatch restores it after the test
+    monkeypatch.setenv("ROBUSTLAB_DATA", str(tmp_path))
     rd = tmp_path / "root"
     empty = tmp_path / "no-data"
     empty.mkdir()
