@@ -75,9 +75,53 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def safe_torch_load(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
-    """``torch.load`` with ``weights_only=True``: never unpickles code."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+DAMAGED_ADVICE = "delete it, or restore it from a copy"
+
+
+def safe_torch_load(
+    path: str | os.PathLike[str], map_location: Any = "cpu", advice: str = DAMAGED_ADVICE
+) -> Any:
+    """``torch.load`` with ``weights_only=True``: never unpickles code.
+
+    A file that cannot be read raises :class:`~robustlab.errors.CheckpointError` with one line
+    naming the file, what is wrong (empty, truncated or not a checkpoint, or pickled objects
+    that are not tensors) and ``advice``; never torch's own text, which suggests turning
+    ``weights_only`` off.
+    """
+    from robustlab.errors import CheckpointError
+
+    p = Path(path)
+    try:
+        return torch.load(p, map_location=map_location, weights_only=True)
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint file not found: {p}") from None
+    except Exception as e:  # torch raises many types here (RuntimeError, EOFError, KeyError...)
+        raise CheckpointError(f"{p}: {_why_unreadable(p, e)}; {advice}") from None
+
+
+def _why_unreadable(path: Path, e: BaseException) -> str:
+    """What is wrong with a file ``torch.load`` refused, in words (not torch's message)."""
+    import pickle
+    import re
+
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = -1
+    if size == 0:
+        return "the file is empty (an interrupted copy or a full disk?)"
+    if isinstance(e, pickle.UnpicklingError):
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if found:
+            return (
+                f"refused to load: it pickles the object {found.group(1)}, not only tensors "
+                "(robustlab loads with weights_only=True; save model.state_dict() instead)"
+            )
+    if isinstance(e, IsADirectoryError | PermissionError):
+        return f"cannot be read ({e.strerror})"
+    return "not a readable PyTorch checkpoint (truncated, corrupt or another kind of file)"
 
 
 def _json_default(o: Any) -> Any:
@@ -90,3 +134,29 @@ def _json_default(o: Any) -> Any:
     if hasattr(o, "tolist"):
         return o.tolist()
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def check_writable(path: str | os.PathLike[str], option: str, directory: bool = False) -> None:
+    """Fail early, with one line naming ``option``, when ``path`` could not be written later.
+
+    Probes the nearest existing folder (or ``path`` itself for a directory) by creating and
+    removing a temporary file, so nothing is left behind and root's permission bypass does not
+    hide a read-only file system.
+    """
+    from robustlab.errors import RobustlabError
+
+    p = Path(path)
+    if p.exists() and (p.is_dir() != directory):
+        kind = "is not a directory" if directory else "is a directory"
+        raise RobustlabError(f"{option} {p}: {kind}")
+    probe_dir = p if directory else p.parent
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise RobustlabError(f"{option} {p}: {probe_dir} is a file, not a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=probe_dir)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise RobustlabError(f"{option} {p}: cannot write there ({e.strerror})") from None

@@ -151,8 +151,9 @@ def test_eval_of_a_training_run(
     s = _json(capsys)
     assert s["run"] == str(run) and s["dataset"] == "mnist" and s["n"] == 16
     assert s["clean_accuracy"] == 1.0 and s["robust_accuracy"] <= 1.0
-    assert json.loads((run / "eval" / "summary.json").read_text())["attack"] == "fgsm"
-    assert len((run / "eval" / "samples.jsonl").read_text().splitlines()) == 16
+    ev = run / "eval" / "fgsm-linf-eps0.3-n16-seed0"  # each evaluation in its own folder
+    assert json.loads((ev / "summary.json").read_text())["attack"] == "fgsm"
+    assert len((ev / "samples.jsonl").read_text().splitlines()) == 16
     # the clean-only path works with --run too; --run and --model together do not
     assert main(args) == 0 and "clean accuracy" in capsys.readouterr().out
     assert main([*args, "--model", "smallcnn"]) == 2

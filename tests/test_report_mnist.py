@@ -109,7 +109,11 @@ def test_report_loads_in_a_real_browser(mnist_runs: dict[str, Path], tmp_path_fa
         pytest.skip("chromium not installed (scripts/browser-setup.sh installs it as root)")
     text = page.read_text()
     assert text.count("(pgd, linf eps=0.3, n=200)") == 2  # robust accuracy of both runs
-    ev = {k: json.loads((r / "eval" / "summary.json").read_text()) for k, r in mnist_runs.items()}
+    name = "pgd-linf-eps0.3-n200-seed0"  # each evaluation of a run in its own folder
+    ev = {
+        k: json.loads((r / "eval" / name / "summary.json").read_text())
+        for k, r in mnist_runs.items()
+    }
     assert ev["pgd_at"]["robust_accuracy"] > ev["standard"]["robust_accuracy"] + 0.1
     result = check_page(page)
     assert result.errors == []

@@ -17,7 +17,16 @@ from torch import Tensor
 from robustlab.errors import RobustlabError
 from robustlab.values import parse_number
 
-__all__ = ["ThreatModel", "Linf", "L2", "L1", "make_threat", "parse_eps", "per_sample"]
+__all__ = [
+    "ThreatModel",
+    "Linf",
+    "L2",
+    "L1",
+    "make_threat",
+    "parse_eps",
+    "check_eps_scale",
+    "per_sample",
+]
 
 
 def per_sample(v: Tensor | float, like: Tensor) -> Tensor:
@@ -214,6 +223,18 @@ def make_threat(norm: str, eps: float | str | Tensor) -> ThreatModel:
     if isinstance(eps, str):
         eps = parse_eps(eps)
     return _THREATS[key](eps)
+
+
+def check_eps_scale(eps: float, norm: str, option: str = "--eps") -> None:
+    """Refuse an Linf ``eps`` above 1 with a hint: inputs are images in [0, 1], so it is a
+    budget in pixel units (``8`` meant as ``8/255``), and an Linf eps of 1 already allows any
+    image. L2 and L1 budgets above 1 are ordinary (their box diameters are sqrt(d) and d)."""
+    if norm.lower() == "linf" and eps > 1:
+        hint = f"; did you mean {eps:g}/255?" if eps <= 255 else ""
+        raise RobustlabError(
+            f"{option} {eps:g} is above 1, but inputs are images in [0, 1] and an Linf eps of 1 "
+            f"already allows any image{hint}"
+        )
 
 
 def parse_eps(text: str | float) -> float:

@@ -55,11 +55,13 @@ def run(args: argparse.Namespace) -> int:
         objective_from_spec,
         parse_analyses,
     )
-    from robustlab.attacks.threat import make_threat, parse_eps
+    from robustlab.attacks.threat import check_eps_scale, make_threat, parse_eps
 
     what = parse_analyses(args.what)
     eps = None if args.eps is None else parse_eps(args.eps)
     make_threat(args.norm, eps or 1.0)  # unknown norm: error before any work
+    if eps is not None:
+        check_eps_scale(eps, args.norm, "--eps")
     if args.n is not None and args.n <= 0:
         raise RobustlabError(f"--n must be positive, got {args.n}")
     for spec in args.objective or []:
@@ -74,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         )
     for run_dir in args.run_dirs:  # every bad directory is reported before any work
         find_checkpoint(run_dir)
+        _check_n(run_dir, args.n, args.data_dir)
     results = {}
     for run_dir in args.run_dirs:
         summary = analyze_run(
@@ -91,6 +94,22 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=2, default=float))
     return 0
+
+
+def _check_n(run_dir: str, n: int | None, data_dir: str | None) -> None:
+    """``--n`` above the run's test split is refused (it would silently analyse fewer)."""
+    from robustlab.data import load_split
+    from robustlab.train.checkpoint import read_run_config
+
+    if n is None:
+        return
+    cfg = read_run_config(run_dir)
+    total = len(load_split(cfg.data.dataset, "test", root=data_dir or cfg.data.data_dir))
+    if n > total:
+        raise RobustlabError(
+            f"--n {n} is larger than the {cfg.data.dataset} test split of {run_dir} "
+            f"({total} images); use --n {total} or fewer"
+        )
 
 
 def _headline(s: dict) -> str:

@@ -9,7 +9,6 @@ import inspect
 import json
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +108,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _add_architecture_options(p: argparse.ArgumentParser) -> None:
     from robustlab.cli.third_party import add_input_norm_option
 
-    p.add_argument("--act", choices=["relu", "silu"], default="relu")
+    p.add_argument(
+        "--act", choices=["relu", "silu"], default="relu", help="activation (default relu)"
+    )
     add_input_norm_option(p)
     p.add_argument(
         "--model-kw",
@@ -324,10 +325,27 @@ def run(args: argparse.Namespace) -> int:
     if not attacking:
         if dist_info and not dist_info.is_main:
             return 0
+        if args.out:
+            from robustlab.io import check_writable
+
+            check_writable(args.out, "--out")
         return _clean_only(args, model, dataset, source, x, y, bs, device)
 
     sharding = eval_dist.sharding(dist_info) if dist_info else None
-    run_dir = eval_dist.shared_run_dir(_run_dir(args)) if dist_info else _run_dir(args)
+    from robustlab.cli.eval_output import (
+        attack_settings,
+        check_outputs,
+        eval_name,
+        eval_run_dir,
+    )
+
+    run_dir = eval_run_dir(
+        args, eval_name(args.attack, threat_norm, main_eps, n, args.seed, len(eps_list))
+    )
+    if dist_info is None or dist_info.is_main:
+        check_outputs(args, run_dir)  # before the expensive part: nothing lost after it
+    run_dir = eval_dist.shared_run_dir(run_dir) if dist_info else run_dir
+    source["attack_settings"] = attack_settings(attacks[eps_list.index(main_eps)])
     model.to(device)
     results = eps_sweep(
         model,
@@ -337,7 +355,7 @@ def run(args: argparse.Namespace) -> int:
         eps_list,
         batch_size=bs,
         device=device,
-        progress=not args.quiet,
+        progress=not args.quiet and sys.stderr.isatty(),
         keep_adv_at=main_eps if args.save_adv is not None else None,
         name=args.attack.lower(),
         sharding=sharding,
@@ -350,7 +368,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _finish(args, model, x, y, results, main, norm, device, dataset, source, run_dir) -> int:  # noqa: ANN001, E501
     """Sanity checks, then the summary and per-sample records written, and printed."""
-    from robustlab.cli.eval_output import print_text, sanity_checks, save_adv, write_records
+    from robustlab.cli.eval_output import (
+        print_text,
+        sanity_checks,
+        save_adv,
+        write_eval_index,
+        write_records,
+    )
     from robustlab.evaluate import sweep_summary
     from robustlab.io import write_json
     from robustlab.train.rundir import EvalDir
@@ -378,11 +402,14 @@ def _finish(args, model, x, y, results, main, norm, device, dataset, source, run
     if sanity:
         summary["sanity_checks"] = checks
         summary["warnings"] = [c["name"] for c in checks if not c["passed"]]
-    write_json(out.summary, summary)
+    if args.save_adv:
+        summary["save_adv"] = str(args.save_adv)
     write_records(out.samples, main.records)
     if args.save_adv:
         save_adv(args.save_adv, main, y)
-        summary["save_adv"] = str(args.save_adv)
+    write_json(out.summary, summary)  # last: an evaluation is complete when it exists
+    if args.run and not args.run_dir:
+        write_eval_index(args.run)
     if args.out:
         write_json(args.out, summary)
     if args.json:
@@ -398,7 +425,7 @@ def _clean_only(args, model, dataset, source, x, y, bs, device) -> int:  # noqa:
 
     n = int(x.shape[0])
     t0 = time.perf_counter()
-    acc = clean_accuracy(model, x, y, bs, device, progress=not args.quiet)
+    acc = clean_accuracy(model, x, y, bs, device, progress=not args.quiet and sys.stderr.isatty())
     seconds = time.perf_counter() - t0
     result = {
         "model": args.model,
@@ -441,6 +468,11 @@ def _plan_attacks(args: argparse.Namespace, norm: str) -> tuple[list[float], lis
     if args.eps_sweep is not None:
         sweep = [parse_eps(e) for e in args.eps_sweep.split(",") if e.strip()]
     eps_list = sweep_values(main_eps, sweep)
+    from robustlab.attacks.threat import check_eps_scale
+
+    for e, option in [(main_eps, "--eps"), *[(v, "--eps-sweep value") for v in sweep or []]]:
+        if e is not None:
+            check_eps_scale(e, norm, option)
     kw = _attack_kwargs(args)
     from robustlab.cli.attack_spec import build_attack
 
@@ -461,19 +493,3 @@ def _threat_norm(norm: str | None) -> str:
     if key not in _THREAT_NORMS:
         raise RobustlabError(f"unknown norm {norm!r}; choose one of {_THREAT_NORMS}")
     return key
-
-
-def _run_dir(args: argparse.Namespace) -> Path:
-    if args.run_dir:
-        return Path(args.run_dir)
-    if args.run:
-        from robustlab.train.rundir import RunDir
-
-        return RunDir(args.run).eval.root
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path("runs") / f"eval-{stamp}"
-    out, i = base, 1
-    while out.exists():
-        out = Path(f"{base}-{i}")
-        i += 1
-    return out

@@ -10,7 +10,15 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["sanity_checks", "write_records", "save_adv", "print_text"]
+__all__ = [
+    "sanity_checks",
+    "write_records",
+    "save_adv",
+    "print_text",
+    "eval_name",
+    "check_outputs",
+    "write_eval_index",
+]
 
 
 def sanity_checks(
@@ -97,3 +105,72 @@ def print_text(summary: dict[str, Any], results: list[Any], checks: list[dict[st
     if checks and all(c["passed"] for c in checks):
         print(f"  sanity checks: all {len(checks)} passed")
     print(f"  written to {summary['run_dir']}")
+
+
+def write_eval_index(run_dir: str | Path) -> Path:
+    """Rewrite ``RUN/eval/index.json``: every evaluation of the run (each ``eval/<name>/`` and
+    a ``summary.json`` of older layouts) with attack, norm, eps, n, seed and accuracies."""
+    from robustlab.io import write_json
+    from robustlab.train.rundir import RunDir
+
+    run = RunDir(run_dir)
+    rows = []
+    for p in sorted(run.eval.root.glob("*/summary.json")) + sorted(run.eval.root.glob("*.json")):
+        if p == run.eval_index:
+            continue
+        try:
+            s = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if not isinstance(s, dict) or "robust_accuracy" not in s:
+            continue
+        keys = ("attack", "norm", "eps", "n", "seed", "clean_accuracy", "robust_accuracy")
+        rows.append({"path": run.relative(p), **{k: s.get(k) for k in keys}})
+    write_json(run.eval_index, {"evaluations": rows})
+    return run.eval_index
+
+
+def eval_name(attack: str, norm: str, eps: float, n: int, seed: int, n_eps: int) -> str:
+    """``<attack>-<norm>-eps<eps>-n<n>-seed<seed>`` (``-sweep<k>`` with an eps sweep): the
+    folder of one evaluation of a run, so that evaluations never replace each other."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in attack.lower())
+    sweep = f"-sweep{n_eps}" if n_eps > 1 else ""
+    return f"{safe}-{norm}-eps{eps:.4g}-n{n}-seed{seed}{sweep}"
+
+
+def check_outputs(args: Any, run_dir: Path) -> None:
+    """Refuse an evaluation folder that already holds one, and unwritable outputs."""
+    from robustlab.errors import RobustlabError
+    from robustlab.io import check_writable
+    from robustlab.train.rundir import EvalDir
+
+    if EvalDir(run_dir).summary.is_file():
+        raise RobustlabError(
+            f"{run_dir} already holds an evaluation (summary.json); evaluations are never "
+            "replaced: delete that folder to redo it, or choose another --run-dir"
+        )
+    check_writable(run_dir, "--run-dir", directory=True)
+    if args.out:
+        check_writable(args.out, "--out")
+    if args.save_adv:
+        check_writable(args.save_adv, "--save-adv")
+
+
+def eval_run_dir(args: Any, name: str) -> Path:
+    """Where one ``robustlab eval`` writes: --run-dir, else ``RUN/eval/<name>/`` with --run,
+    else a new ``runs/eval-<time>``."""
+    if args.run_dir:
+        return Path(args.run_dir)
+    if args.run:  # each evaluation of a run in its own folder: never replaced
+        from robustlab.train.rundir import RunDir
+
+        return RunDir(args.run).evaluation(name).root
+    from datetime import datetime
+
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"eval-{stamp}"
+    out, i = base, 1
+    while out.exists():
+        out = Path(f"{base}-{i}")
+        i += 1
+    return out

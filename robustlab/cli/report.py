@@ -26,12 +26,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``robustlab report``; returns the exit status."""
+    import sys
+    from pathlib import Path
+
     from robustlab.cli.third_party import import_from_args
     from robustlab.errors import RobustlabError
     from robustlab.report.html import build_report
 
+    seen: set[Path] = set()
+    unique = []
+    for d in args.run_dirs:
+        key = Path(d).resolve()
+        if key in seen:
+            print(f"robustlab: warning: {d} is given more than once; the report shows it once",
+                  file=sys.stderr)  # fmt: skip
+            continue
+        seen.add(key)
+        unique.append(d)
     imported = import_from_args(args)
-    runs = list(args.run_dirs) + ([str(imported)] if imported is not None else [])
+    runs = unique + ([str(imported)] if imported is not None else [])
     if not runs:
         raise RobustlabError(
             "give RUN_DIR(s), or third-party weights with --model/--weights/--dataset"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,10 @@ def _add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustlab.api import train  # composes the run: builds the configured callbacks
+    from robustlab.cli.train_output import describe_validation, training_summary
     from robustlab.config import load_config
+    from robustlab.api import train  # composes the run: builds the configured callbacks
+    from robustlab.train.rundir import default_run_dir
 
     recipe: str | None = None
     overrides: list[str] = []
@@ -84,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
     if args.data_dir:
         overrides.append(f"data.data_dir={args.data_dir}")
     run_dir = args.run_dir
+    if args.resume and run_dir is not None:
+        _check_resumable(run_dir)  # before reading its config: say what is missing
     recipe_path: Path | None = Path(recipe) if recipe is not None else None
     if recipe_path is None and args.resume:
         if run_dir is None:
@@ -94,7 +99,39 @@ def run(args: argparse.Namespace) -> int:
         if not recipe_path.is_file():
             raise ConfigError(f"{run_dir} is not a run directory (no config.yaml to resume)")
     cfg = load_config(recipe_path, overrides)
-    out = train(cfg, run_dir=run_dir, resume=args.resume)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
-        print(f"robustlab: run complete: {out}")
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
+    target = Path(run_dir) if run_dir is not None else default_run_dir(cfg.name)
+    if args.resume and run_dir is None:
+        _check_resumable(target)
+    if main:
+        print(describe_validation(cfg))
+    try:
+        out = train(cfg, run_dir=run_dir, resume=args.resume)
+    except KeyboardInterrupt:
+        if main:
+            print(
+                f"robustlab: interrupted; continue from the last checkpoint with: "
+                f"robustlab train --resume --run-dir {target}",
+                file=sys.stderr,
+            )
+        return 130
+    if main:
+        print(training_summary(out))
     return 0
+
+
+def _check_resumable(run_dir: Path) -> None:
+    """``--resume`` needs a run to continue: say so when there is none."""
+    from robustlab.train.rundir import RunDir
+
+    run = RunDir(run_dir)
+    if not run.root.is_dir():
+        raise ConfigError(
+            f"--resume: {run_dir} does not exist, so there is nothing to resume; "
+            "drop --resume to start a new run there"
+        )
+    if not run.checkpoint("last").is_file() and not run.is_complete():
+        raise ConfigError(
+            f"--resume: {run_dir} has no checkpoint yet ({run.relative(run.checkpoint('last'))}"
+            " is missing); delete the folder to start again, or choose another --run-dir"
+        )

@@ -221,6 +221,7 @@ def _check_consistency(cfg: Config) -> None:
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", dev):
         raise ConfigError(f"train.device: {dev!r} is not allowed; choose auto, cpu, cuda or cuda:N")
     _check_input_norm(cfg.model.input_norm)
+    _check_eps_scales(cfg)
     names = [c.name for c in cfg.callbacks]
     if len(set(names)) != len(names):
         raise ConfigError(f"callbacks: each callback may appear once, got {names}")
@@ -249,3 +250,27 @@ def _check_input_norm(value: str) -> None:
         f"model.input_norm: {value!r} is not allowed; choose auto, dataset, none or MEAN,STD "
         "(e.g. 0.1307,0.3081)"
     )
+
+
+def _check_eps_scales(cfg: Config) -> None:
+    """An Linf eps above 1 (``8`` meant as ``8/255``) is refused with a hint."""
+    from robustlab.attacks.threat import check_eps_scale
+    from robustlab.errors import RobustlabError
+
+    atk = cfg.validation.attack
+    checks = []
+    params = cfg.objective.params
+    if "eps" in params:
+        try:
+            eps = parse_number(params["eps"])
+        except ValueError:
+            eps = None  # the objective's own validation names the bad value
+        if eps is not None:
+            checks.append((eps, str(params.get("norm", "linf")), "objective.eps"))
+    if atk is not None:
+        checks.append((atk.eps, atk.norm, "validation.attack.eps"))
+    for eps, norm, key in checks:
+        try:
+            check_eps_scale(eps, norm, key)
+        except RobustlabError as e:
+            raise ConfigError(str(e)) from None

@@ -21,6 +21,7 @@ from robustlab.config.build import config_from_dict
 from robustlab.config.schema import Config, ModelConfig, ObjectiveConfig
 from robustlab.errors import ConfigError
 from robustlab.resources import resolve_recipe
+from robustlab.values import parse_number
 
 __all__ = [
     "load_config",
@@ -120,11 +121,45 @@ def load_config(
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"recipe {p} must be a mapping of sections, got {type(loaded)}")
         data = loaded or {}
-    data = apply_overrides(data, parse_overrides(list(overrides or [])))
+    pairs = parse_overrides(list(overrides or []))
+    data = follow_objective_eps(data, apply_overrides(data, pairs), {k for k, _ in pairs})
     cfg = config_from_dict(data)
     if check:
         check_objective(cfg)
     return cfg
+
+
+def follow_objective_eps(
+    recipe: dict[str, Any], data: dict[str, Any], overridden: set[str]
+) -> dict[str, Any]:
+    """An ``objective.eps=...`` override also moves the validation attack's eps (and scales an
+    explicit step size with it), unless ``validation.attack.eps`` is overridden too or the
+    recipe gave the validation attack an eps of its own (different from the objective's)."""
+    if "objective.eps" not in overridden or "validation.attack.eps" in overridden:
+        return data
+    val = data.get("validation")
+    if val is None:
+        val = data["validation"] = {}
+    if not isinstance(val, dict) or ("attack" in val and not isinstance(val["attack"], dict)):
+        return data  # no validation attack (attack: null): nothing to follow
+    attack = val.setdefault("attack", {})
+    old_obj = (recipe.get("objective") or {}).get("eps")
+    old_val = attack.get("eps")
+    try:
+        new = parse_number(data["objective"]["eps"])
+        before = parse_number(old_val) if old_val is not None else None
+        if before is not None and (old_obj is None or parse_number(old_obj) != before):
+            return data  # the recipe chose the validation eps on purpose
+    except (ValueError, KeyError, TypeError):
+        return data  # a bad value: the schema reports it with its key
+    attack["eps"] = new
+    step = attack.get("step_size")
+    if step is not None and before and "validation.attack.step_size" not in overridden:
+        try:
+            attack["step_size"] = parse_number(step) * new / before
+        except ValueError:
+            pass
+    return data
 
 
 def check_objective(cfg: Config) -> Any:

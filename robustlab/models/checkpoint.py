@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
-import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -281,21 +279,9 @@ def read_weights(path: str | os.PathLike[str]) -> Any:
         raise CheckpointError(f"checkpoint file not found: {p}")
     if p.suffix == SAFETENSORS_SUFFIX:
         return _read_safetensors(p)
-    try:
-        return safe_torch_load(p, map_location="cpu")
-    except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-        if found:
-            raise CheckpointError(
-                f"{p}: refused to load: it pickles the object {found.group(1)}, not only tensors "
-                "(robustlab loads with weights_only=True; save model.state_dict() instead)"
-            ) from None
-        raise CheckpointError(
-            f"{p}: not a readable PyTorch checkpoint (corrupt, truncated or not a torch.save file)"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        msg = f"{p}: not a readable PyTorch checkpoint ({_first_line(e)})"
-        raise CheckpointError(msg) from None
+    return safe_torch_load(
+        p, map_location="cpu", advice="check the path, or download or export the weights again"
+    )
 
 
 def _first_line(e: BaseException) -> str:

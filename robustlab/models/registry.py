@@ -169,23 +169,29 @@ def create_model(
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(int(seed))
-        model = spec.builder(
-            num_classes=n_cls, in_channels=ch, input_size=size, norm=norm, act=act, **kw
-        )
+        try:
+            model = spec.builder(
+                num_classes=n_cls, in_channels=ch, input_size=size, norm=norm, act=act, **kw
+            )
+        except (TypeError, ValueError) as e:
+            if not kw:
+                raise
+            opts = ", ".join(f"{k}={v!r}" for k, v in kw.items())
+            raise ConfigError(f"model {name!r} cannot be built with {opts}: {e}") from None
     mode, values = parse_input_norm(input_norm, ch)
     if mean is not None or std is not None:
         if mean is None or std is None:
             raise ConfigError("give both mean and std for the input normalization, or neither")
         if mode != "auto":
             raise ConfigError("give input_norm or mean/std, not both")
-        model.set_normalization(_per_channel(mean, ch), _per_channel(std, ch))
+        model.set_normalization(_per_channel(mean, ch, "mean"), _per_channel(std, ch, "std"))
     elif mode == "values":
         model.set_normalization(*values)
     elif mode == "dataset" and d_mean is None:
         raise ConfigError(f"input_norm 'dataset' needs a dataset (model {name!r} got none)")
     elif d_mean is not None and d_std is not None and mode != "none":
         if mode == "dataset" or spec.dataset_normalization:
-            model.set_normalization(_per_channel(d_mean, ch), _per_channel(d_std, ch))
+            model.set_normalization(_per_channel(d_mean, ch), _per_channel(d_std, ch, "std"))
     if bn_momentum is not None:
         if not 0.0 <= float(bn_momentum) <= 1.0:
             raise ConfigError(f"bn_momentum must be in [0, 1], got {bn_momentum!r}")
@@ -241,11 +247,19 @@ def describe_input_norm(model: nn.Module) -> str:
     return f"input normalization: (x - {info['mean']}) / {info['std']} inside the model"
 
 
-def _per_channel(values: Sequence[float] | float, channels: int) -> list[float]:
+def _per_channel(values: Sequence[float] | float, channels: int, what: str = "mean") -> list[float]:
     """Broadcast a scalar or a one-value list to ``channels`` values."""
-    if isinstance(values, (int, float)):
+    if isinstance(values, (int, float)) and not isinstance(values, bool):
         return [float(values)] * channels
-    vals = [float(v) for v in values]
+    try:
+        if isinstance(values, (str, bool)):
+            raise TypeError
+        vals = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{what} must be a number or a list of {channels} numbers (one per channel), "
+            f"got {values!r}"
+        ) from None
     if len(vals) == 1:
         return vals * channels
     return vals

@@ -113,13 +113,11 @@ def _numbers(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _robust_eval(run: RunData) -> dict[str, Any] | None:
-    """The run's ``robustlab eval`` summary (``eval/summary.json``) if it has one."""
-    for name in ("summary", *sorted(run.evals)):
-        ev = run.evals.get(name)
-        if isinstance(ev, dict) and "robust_accuracy" in ev:
-            return ev
-    return None
+def _robust_evals(run: RunData) -> list[dict[str, Any]]:
+    """Every ``robustlab eval`` summary of the run (``eval/summary.json`` first)."""
+    names = ["summary", *sorted(k for k in run.evals if k != "summary")]
+    evs = [run.evals.get(n) for n in names]
+    return [ev for ev in evs if isinstance(ev, dict) and "robust_accuracy" in ev]
 
 
 def _accuracy_table(runs: Sequence[RunData]) -> str:
@@ -129,13 +127,14 @@ def _accuracy_table(runs: Sequence[RunData]) -> str:
         params = obj.get("params", {}) or {}
         model = (r.config.get("model", {}) or {}).get("name", "?")
         epochs = (r.config.get("train", {}) or {}).get("epochs", "?")
-        ev = _robust_eval(r)
-        if ev is not None:
-            clean = _fmt(ev.get("clean_accuracy"))
-            robust = (
+        evs = _robust_evals(r)
+        if evs:  # every evaluation of the run, one line each
+            clean = "<br>".join(_fmt(ev.get("clean_accuracy")) for ev in evs)
+            robust = "<br>".join(
                 f"{_fmt(ev.get('robust_accuracy'))} <span class='note'>"
                 f"({html.escape(str(ev.get('attack')))}, {html.escape(str(ev.get('norm')))} "
                 f"eps={_fmt(ev.get('eps'))}, n={_fmt(ev.get('n'))})</span>"
+                for ev in evs
             )
         else:
             clean = robust = "– <span class='note'>(no robustlab eval)</span>"

@@ -68,6 +68,8 @@ def load_run(run_dir: str | Path, name: str | None = None) -> RunData:
     if rdir.eval.root.is_dir():
         for p in sorted(rdir.eval.root.glob("*.json")):
             evals[p.stem] = _read_json(p)
+        for p in sorted(rdir.eval.root.glob("*/summary.json")):  # eval/<name>/: one per eval
+            evals[p.parent.name] = _read_json(p)
     analysis, arrays = read_analysis(run)
     epochs: list[dict[str, Any]] = []
     metrics = rdir.metrics

@@ -30,6 +30,7 @@ __all__ = [
     "set_rng_state",
     "save_checkpoint",
     "load_checkpoint",
+    "damaged_checkpoint_advice",
     "read_run_config",
     "build_model",
     "load_run_model",
@@ -90,14 +91,28 @@ def export_weights(run_dir: str | Path, name: str, model: nn.Module, **metadata:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``); a damaged
+    file is a one-line :class:`CheckpointError` saying what to do about it."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        return safe_torch_load(path)
-    except Exception as e:  # truncated file, foreign pickle, ...
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
+    return safe_torch_load(path, advice=damaged_checkpoint_advice(path))
+
+
+def damaged_checkpoint_advice(path: Path) -> str:
+    """What to do about a damaged ``last.pt`` or ``best.pt`` of a run."""
+    other = "best" if path.stem == "last" else "last"
+    alt = path.with_name(f"{other}.pt")
+    if path.stem == "last":
+        return (
+            "the run cannot resume from it: delete it and train again in a new --run-dir "
+            f"(the weights of {alt} stay usable with robustlab eval --run RUN --which best)"
+            if alt.is_file()
+            else "delete it and train again in a new --run-dir"
+        )
+    if alt.is_file():
+        return f"delete it, or evaluate the last checkpoint instead (--which last reads {alt})"
+    return "delete it and train again"
 
 
 def read_run_config(run_dir: str | Path) -> Config:

@@ -229,6 +229,8 @@ class Trainer:
             self._restore(self.ckpt)
             if self.main:
                 truncate_metrics(self.rundir, self.step)
+                print(f"robustlab: resuming {self.rundir} in epoch {self.epoch + 1}/"
+                      f"{cfg.train.epochs} at step {self.step} (batch {self.batch})")  # fmt: skip
         elif self.main:
             atomic_write_text(self.rundir.config, cfg.to_yaml())
             self.rundir.metrics.unlink(missing_ok=True)

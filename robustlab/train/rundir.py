@@ -134,6 +134,16 @@ class RunDir:
         """``eval/``: ``robustlab eval --run`` outputs."""
         return EvalDir(self.root / EVAL)
 
+    def evaluation(self, name: str) -> EvalDir:
+        """``eval/<name>/``: one ``robustlab eval --run``, named by what it measured (attack,
+        norm, eps, n, seed), so that evaluations never replace each other."""
+        return EvalDir(self.root / EVAL / name)
+
+    @property
+    def eval_index(self) -> Path:
+        """``eval/index.json``: every evaluation of the run, with its headline numbers."""
+        return self.root / EVAL / "index.json"
+
     # ----------------------------------------------------------------- analysis
     @property
     def analysis_dir(self) -> Path:
