@@ -169,6 +169,10 @@ def test_evaluations_of_a_run_are_kept_apart(weights, tmp_path, capsys) -> None:
     names = sorted(p.name for p in (run / "eval").iterdir() if p.is_dir())
     assert names == ["fgsm-linf-eps0.1-n6-seed0", "fgsm-linf-eps0.2-n6-seed0"]
     index = json.loads((run / "eval" / "index.json").read_text())["evaluations"]
+    s = json.loads((run / "eval" / names[1] / "summary.json").read_text())
+    settings = s["attack_settings"]  # every option as it ran, defaults included
+    assert settings["step_size"] == pytest.approx(0.2) and settings["random_start"] is False
+    assert settings["loss"] == "ce" and settings["norm"] == "linf" and settings["seed"] == 0
     assert sorted(e["eps"] for e in index) == [0.1, 0.2]
     line = _one_line_error(capsys, [*base, "--eps", "0.1"], "already holds an evaluation")
     assert "eps0.1" in line
@@ -204,10 +208,33 @@ def test_training_ends_with_a_summary_and_resume_says_where(tmp_path, capsys) ->
     run = tmp_path / "run"
     over = ["data.dataset=mnist-mini", "model.name=lenet5", "data.n_train=128", "data.n_val=32"]
     over += ["train.epochs=1", "validation.n=32", "validation.attack.steps=2"]
-    over += ["data.batch_size=64", "train.device=cpu", "train.progress=false"]
+    over += ["data.batch_size=64", "train.device=cpu", "train.progress=true"]
     assert main(["train", *over, "--run-dir", str(run)]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    # output is not a terminal here: no progress bar, one line per epoch counted from 1
+    assert "it/s" not in captured.err and "\r" not in captured.err
+    assert "robustlab: epoch 1/1, step 2, loss " in out and "val robust " in out
     assert "validation attack: pgd linf eps 0.3, 2 steps of 0.375" in out
     assert "final validation: clean " in out and "% , robust" not in out
     assert "best val_robust_acc:" in out and "(epoch 1 of 1)" in out
     assert "time:" in out and str(run / "checkpoints" / "best.pt") in out
+
+
+def test_models_lists_architectures_and_every_option_has_help(capsys) -> None:
+    import argparse
+
+    from robustlab.cli import build_parser
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    lenet = next(line.split() for line in out if line.startswith("lenet5 "))
+    assert lenet[1:4] == ["1x28x28", "10", "none"]
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [
+        f"{name} {a.option_strings or a.dest}"
+        for name, p in sub.choices.items()
+        for a in p._actions
+        if a.help is None and not isinstance(a, argparse._HelpAction | argparse._SubParsersAction)
+    ]
+    assert missing == []

@@ -17,7 +17,7 @@ from robustlab import __version__
 from robustlab.errors import RobustlabError
 
 # Order here is the order in ``robustlab --help``.
-SUBCOMMANDS = ["data", "eval", "train", "analyze", "report", "demo", "reproduce"]
+SUBCOMMANDS = ["data", "models", "eval", "train", "analyze", "report", "demo", "reproduce"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -82,10 +82,10 @@ def _check_options(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from robustlab.api import train  # composes the run: robustlab's callbacks by name
     from robustlab.cli import main as cli_main
     from robustlab.cli.eval_output import eval_name
     from robustlab.config import config_from_dict
-    from robustlab.api import train  # composes the run: robustlab's callbacks by name
     from robustlab.train.rundir import RunDir
 
     _check_options(args)

@@ -18,6 +18,8 @@ __all__ = [
     "eval_name",
     "check_outputs",
     "write_eval_index",
+    "attack_settings",
+    "eval_run_dir",
 ]
 
 
@@ -173,4 +175,33 @@ def eval_run_dir(args: Any, name: str) -> Path:
     while out.exists():
         out = Path(f"{base}-{i}")
         i += 1
+
+
+def attack_settings(attack: Any) -> dict[str, Any]:
+    """Every setting of an attack as it ran, defaults included (its simple attributes, the
+    threat model, the step size it derives when none was given, and each component of an
+    ensemble), for the evaluation's summary."""
+    out: dict[str, Any] = {
+        k: v
+        for k, v in vars(attack).items()
+        if not k.startswith("_") and isinstance(v, int | float | str | bool | type(None))
+    }
+    threat = getattr(attack, "threat", None)
+    if threat is not None:
+        out["norm"] = threat.name
+        eps = threat.eps
+        out["eps"] = float(eps) if not isinstance(eps, torch.Tensor) else eps.tolist()
+        if out.get("step_size", 0) is None and isinstance(out.get("eps"), float):
+            if getattr(attack, "name", "") == "pgd" and isinstance(out.get("steps"), int):
+                from robustlab.attacks.pgd import default_step_size
+
+                out["step_size"] = default_step_size(threat, out["steps"])
+            elif getattr(attack, "name", "") == "fgsm":
+                scale = 1.25 if out.get("random_start") else 1.0  # as robustlab.attacks.fgsm
+                out["step_size"] = scale * out["eps"]
+    parts = getattr(attack, "attacks", None)
+    if isinstance(parts, list) and parts:
+        out["components"] = {
+            str(p[0]): attack_settings(p[1]) for p in parts if isinstance(p, tuple) and len(p) == 2
+        }
     return out

@@ -68,9 +68,9 @@ def _add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
 
 
 def run(args: argparse.Namespace) -> int:
+    from robustlab.api import train  # composes the run: builds the configured callbacks
     from robustlab.cli.train_output import describe_validation, training_summary
     from robustlab.config import load_config
-    from robustlab.api import train  # composes the run: builds the configured callbacks
     from robustlab.train.rundir import default_run_dir
 
     recipe: str | None = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,6 +50,7 @@ from robustlab.train.ema import ModelEMA
 from robustlab.train.metrics import (
     accumulate,
     check_finite,
+    epoch_line,
     gather_objects,
     merge,
     reduce_means,
@@ -295,7 +297,7 @@ class Trainer:
             total=self.steps_per_epoch,
             initial=self.batch,
             desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}",
-            disable=not (self.main and cfg.train.progress),
+            disable=not (self.main and cfg.train.progress and sys.stderr.isatty()),
             leave=False,
             dynamic_ncols=True,
         )
@@ -397,6 +399,8 @@ class Trainer:
             rec.update(ctx.metrics)
         barrier()
         self._log(rec)
+        if self.main and cfg.train.progress and not sys.stderr.isatty():  # no bar: one line
+            print(epoch_line(rec, cfg.train.epochs), flush=True)
         self.epoch += 1
         self.batch = 0
         self.sums = {}

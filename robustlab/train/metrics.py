@@ -26,6 +26,7 @@ __all__ = [
     "check_finite",
     "gather_objects",
     "tensorboard_writer",
+    "epoch_line",
 ]
 
 
@@ -86,3 +87,17 @@ def tensorboard_writer(path: Path) -> Any:
     except Exception as e:  # pragma: no cover - e.g. a broken tensorboard install
         warnings.warn(f"TensorBoard disabled: {e}", stacklevel=2)
         return None
+
+
+def epoch_line(rec: dict[str, Any], epochs: int) -> str:
+    """One line per epoch where no progress bar is drawn (output to a file or a pipe). Epochs
+    count from 1 as in the progress bars; accuracies print as percentages, as in eval."""
+    parts = [f"epoch {int(rec['epoch']) + 1}/{epochs}", f"step {rec['step']}"]
+    if "train_loss" in rec:
+        parts.append(f"loss {rec['train_loss']:.4g}")
+    for key, label in (("val_clean_acc", "val clean"), ("val_robust_acc", "val robust")):
+        if rec.get(key) is not None:
+            parts.append(f"{label} {100 * float(rec[key]):.2f}%")
+    if rec.get("time_s") is not None:
+        parts.append(f"{float(rec['time_s']):.1f}s")
+    return "robustlab: " + ", ".join(parts)
