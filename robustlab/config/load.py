@@ -152,6 +152,8 @@ def follow_objective_eps(
             return data  # the recipe chose the validation eps on purpose
     except (ValueError, KeyError, TypeError):
         return data  # a bad value: the schema reports it with its key
+    if not new > 0:
+        return data  # the objective's own validation names the bad objective.eps
     attack["eps"] = new
     step = attack.get("step_size")
     if step is not None and before and "validation.attack.step_size" not in overridden:
