@@ -238,3 +238,15 @@ def test_models_lists_architectures_and_every_option_has_help(capsys) -> None:
         if a.help is None and not isinstance(a, argparse._HelpAction | argparse._SubParsersAction)
     ]
     assert missing == []
+
+
+def test_rerunning_an_analysis_leaves_only_its_own_named_figures(weights, tmp_path) -> None:
+    run = _fake_run(tmp_path / "run", weights)
+    (run / "analysis").mkdir()
+    stale = run / "analysis" / "margins_1.png"  # a figure of an earlier, other selection
+    stale.write_bytes(b"old")
+    assert main(["analyze", str(run), "--what", "logits", "--n", "40"]) == 0
+    names = sorted(p.name for p in (run / "analysis").glob("*.png"))
+    assert not stale.exists()
+    assert names and all(n.startswith("logits_") for n in names)
+    assert any("max-logit" in n for n in names)  # the name says what the figure shows

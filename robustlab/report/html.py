@@ -14,6 +14,7 @@ import base64
 import datetime as _dt
 import html
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,16 +50,32 @@ def comparison_figures(runs: Sequence[RunData]) -> list[Figure]:
 
 
 def write_run_figures(run_dir: str | Path) -> list[Path]:
-    """Draw one run's figures from its analysis arrays into ``RUN/analysis/*.png``."""
+    """Draw one run's figures from its analysis arrays into ``RUN/analysis/*.png``.
+
+    Each file is named ``<section>_<what it shows>.png`` (from the caption). PNG files of
+    ``RUN/analysis/`` that this call did not draw are removed, so after re-running an analysis
+    the folder holds exactly the figures of the stored arrays (none from another selection).
+    """
     run = load_run(run_dir)
-    out = []
-    counts: dict[str, int] = {}
+    rd = RunDir(run.path)
+    out: list[Path] = []
     for fig in comparison_figures([run]):
-        counts[fig.section] = counts.get(fig.section, 0) + 1
-        path = RunDir(run.path).analysis_figure(f"{fig.section}_{counts[fig.section]}")
+        stem = f"{fig.section}_{_slug(fig.caption)}"
+        path, i = rd.analysis_figure(stem), 2
+        while path in out:
+            path, i = rd.analysis_figure(f"{stem}_{i}"), i + 1
         atomic_write_bytes(path, fig.png)
         out.append(path)
+    for stale in set(rd.analysis_dir.glob("*.png")) - set(out):
+        stale.unlink(missing_ok=True)
     return out
+
+
+def _slug(caption: str, limit: int = 60) -> str:
+    """File-name words of a caption: lower case, ``[a-z0-9]`` runs joined by ``-``."""
+    words = re.findall(r"[a-z0-9]+", caption.lower())
+    slug = "-".join(words)[:limit].rstrip("-")
+    return slug or "figure"
 
 
 # ------------------------------------------------------------------------------- HTML
