@@ -116,12 +116,15 @@ def profile_components(
 def run_robustlab(model: nn.Module, x, y, attack, bs: int, profile: bool) -> dict:
     timed = Timed(model).eval()
     bwd: list[tuple[float, float]] = []
+    c0 = time.process_time()
     t0 = time.perf_counter()
     ctx = timed_grad(bwd) if profile else contextlib.nullcontext()
     with ctx:
         res = robust_evaluate(timed if profile else model, x, y, attack, bs, use_channels_last=True)
     out = {
         "seconds": round(time.perf_counter() - t0, 2),
+        "cpu_seconds": round(time.process_time() - c0, 2),
+        "robust_correct": sum(r["robust_correct"] for r in res.records),
         "robust_accuracy": res.robust_accuracy,
         "clean_accuracy": res.clean_accuracy,
         "per_attack": [
@@ -142,13 +145,15 @@ def run_reference(model: nn.Module, x, y, eps: float, bs: int) -> dict:
 
     timed = Timed(model).eval()
     buf = io.StringIO()
+    c0 = time.process_time()
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(buf):
         ref = RefAutoAttack(timed, norm="Linf", eps=eps, version="standard", seed=0, device="cpu")
         adv = ref.run_standard_evaluation(x, y, bs=bs)
-    sec = time.perf_counter() - t0
+    sec, cpu = time.perf_counter() - t0, time.process_time() - c0
     with torch.no_grad():
-        acc = float((model(adv).argmax(1) == y).float().mean())
+        correct = int((model(adv).argmax(1) == y).sum())
+    acc = correct / len(y)
     comps, prev = [], 0.0
     for name, acc_after, total in _LOG.findall(buf.getvalue()):
         comps.append(
@@ -160,8 +165,8 @@ def run_reference(model: nn.Module, x, y, eps: float, bs: int) -> dict:
         )
         prev = float(total)
     fwd = sum(c[1] for c in timed.calls)
-    return {"seconds": round(sec, 2), "robust_accuracy": acc, "components": comps,
-            "forward_s": round(fwd, 2)}  # fmt: skip
+    return {"seconds": round(sec, 2), "cpu_seconds": round(cpu, 2), "robust_correct": correct,
+            "robust_accuracy": acc, "components": comps, "forward_s": round(fwd, 2)}  # fmt: skip
 
 
 def load_models(args: argparse.Namespace) -> list[tuple[str, nn.Module, str, float]]:
@@ -190,6 +195,7 @@ def load_models(args: argparse.Namespace) -> list[tuple[str, nn.Module, str, flo
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--start", type=int, default=0, help="first test image (shards)")
     ap.add_argument("--models", default="trades,lenet,cifar")
     ap.add_argument("--lenet-run", default="runs/mnist-lenet-pgdat")
     ap.add_argument("--cifar-run", default="runs/cifar-pgdat")
@@ -209,7 +215,8 @@ def main() -> None:
     for label, model, dataset, eps in load_models(args):
         model.eval()
         sp = load_split(dataset, "test", root=args.data_dir)
-        x, y = sp.images[: args.n].float() / 255.0, sp.labels[: args.n].long()
+        sl = slice(args.start, args.start + args.n)
+        x, y = sp.images[sl].float() / 255.0, sp.labels[sl].long()
         runs: dict[str, list[dict]] = {k: [] for k in order}
         for rep in range(args.repeats):
             for kind in order:
@@ -226,13 +233,16 @@ def main() -> None:
                 print(f"  {label} | {kind}: {r['seconds']} s, robust {r['robust_accuracy']:.3f}",
                       flush=True)  # fmt: skip
         entry: dict[str, Any] = {"model": label, "eps": eps, "runs": runs}
+        entry["images"] = [args.start, args.start + args.n]
+        entry["cpu_seconds_min"] = {k: min(r["cpu_seconds"] for r in v) for k, v in runs.items()}
         sec = {k: min(r["seconds"] for r in v) for k, v in runs.items()}
         acc = {k: v[0]["robust_accuracy"] for k, v in runs.items()}
         entry["seconds_min"], entry["robust_accuracy"] = sec, acc
-        if "reference" in sec:
+        if {"reference", "standard", "fast"} <= set(sec):
             entry["standard_vs_reference_time"] = round(sec["standard"] / sec["reference"], 3)
             entry["fast_vs_reference_time"] = round(sec["fast"] / sec["reference"], 3)
-        entry["fast_speedup_vs_standard"] = round(sec["standard"] / sec["fast"], 2)
+        if {"standard", "fast"} <= set(sec):
+            entry["fast_speedup_vs_standard"] = round(sec["standard"] / sec["fast"], 2)
         result["models"].append(entry)
         write_json(args.out, result)
     result["load_average_end"] = os.getloadavg()
