@@ -180,6 +180,10 @@ def test_evaluations_of_a_run_are_kept_apart(weights, tmp_path, capsys) -> None:
     assert main(["report", str(run), "-o", str(out)]) == 0
     page = out.read_text()
     assert "eps=0.1" in page and "eps=0.2" in page  # the report shows both evaluations
+    for name in names:  # accuracies print as the CLI prints them (xx.xx%)
+        ev = json.loads((run / "eval" / name / "summary.json").read_text())
+        assert f"{100 * ev['robust_accuracy']:.2f}%" in page
+        assert f"{100 * ev['clean_accuracy']:.2f}%" in page
 
 
 def test_demo_checks_its_options_before_training(tmp_path, capsys, monkeypatch) -> None:

@@ -108,6 +108,13 @@ def _fmt(v: Any) -> str:
     return html.escape(str(v))
 
 
+def _pct(v: Any) -> str:
+    """An accuracy as the command line prints it (``robustlab eval``, training summary)."""
+    if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool) and math.isfinite(v):
+        return f"{100 * float(v):.2f}%"
+    return _fmt(v)
+
+
 def _cell(v: Any) -> str:
     """A table cell: a number, or a mean with its bootstrap interval in brackets."""
     if isinstance(v, dict):  # a mean with its interval
@@ -146,9 +153,9 @@ def _accuracy_table(runs: Sequence[RunData]) -> str:
         epochs = (r.config.get("train", {}) or {}).get("epochs", "?")
         evs = _robust_evals(r)
         if evs:  # every evaluation of the run, one line each
-            clean = "<br>".join(_fmt(ev.get("clean_accuracy")) for ev in evs)
+            clean = "<br>".join(_pct(ev.get("clean_accuracy")) for ev in evs)
             robust = "<br>".join(
-                f"{_fmt(ev.get('robust_accuracy'))} <span class='note'>"
+                f"{_pct(ev.get('robust_accuracy'))} <span class='note'>"
                 f"({html.escape(str(ev.get('attack')))}, {html.escape(str(ev.get('norm')))} "
                 f"eps={_fmt(ev.get('eps'))}, n={_fmt(ev.get('n'))})</span>"
                 for ev in evs
@@ -156,7 +163,7 @@ def _accuracy_table(runs: Sequence[RunData]) -> str:
         else:
             clean = robust = "– <span class='note'>(no robustlab eval)</span>"
         train_acc = {k: v for k, v in _numbers(r.summary).items() if "acc" in k.lower()}
-        acc_s = "<br>".join(f"{html.escape(k)}: {_fmt(v)}" for k, v in train_acc.items()) or "–"
+        acc_s = "<br>".join(f"{html.escape(k)}: {_pct(v)}" for k, v in train_acc.items()) or "–"
         p = ", ".join(f"{k}={v}" for k, v in params.items())
         rows.append(
             f"<tr><td>{html.escape(r.name)}{origin_note(r)}</td><td>{html.escape(r.dataset)}</td>"
