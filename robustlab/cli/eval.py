@@ -181,7 +181,8 @@ def _add_attack_options(g: argparse._ArgumentGroup) -> None:
         "--run-dir",
         default=None,
         metavar="DIR",
-        help="output folder (default RUN/eval with --run, else runs/eval-<time>)",
+        help="output folder (default with --run: RUN/eval/<attack>-<norm>-eps<eps>-n<n>-"
+        "seed<seed>, else runs/eval-<time>); one that holds an evaluation is refused",
     )
 
 
