@@ -254,3 +254,26 @@ def test_rerunning_an_analysis_leaves_only_its_own_named_figures(weights, tmp_pa
     assert not stale.exists()
     assert names and all(n.startswith("logits_") for n in names)
     assert any("max-logit" in n for n in names)  # the name says what the figure shows
+
+
+def test_ctrl_c_in_training_says_how_to_resume(tmp_path, capsys, monkeypatch) -> None:
+    import robustlab.api
+
+    def interrupted(*a, **k):  # noqa: ANN002, ANN003
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(robustlab.api, "train", interrupted)
+    run = tmp_path / "run"
+    assert main(["train", "data.dataset=mnist-mini", "--run-dir", str(run)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "robustlab: interrupted before the first checkpoint; nothing to resume, start again"
+    ]
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"")  # a checkpoint was written
+    assert main(["train", "data.dataset=mnist-mini", "--run-dir", str(run)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"robustlab: interrupted; continue from the last checkpoint with: "
+        f"robustlab train --resume --run-dir {run}"
+    ]

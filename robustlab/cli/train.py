@@ -109,15 +109,23 @@ def run(args: argparse.Namespace) -> int:
         out = train(cfg, run_dir=run_dir, resume=args.resume)
     except KeyboardInterrupt:
         if main:
-            print(
-                f"robustlab: interrupted; continue from the last checkpoint with: "
-                f"robustlab train --resume --run-dir {target}",
-                file=sys.stderr,
-            )
+            print(_interrupted(target), file=sys.stderr)
         return 130
     if main:
         print(training_summary(out))
     return 0
+
+
+def _interrupted(run_dir: Path) -> str:
+    """After Ctrl-C: how to continue (or that nothing was saved yet)."""
+    from robustlab.train.rundir import RunDir
+
+    if RunDir(run_dir).checkpoint("last").is_file():
+        return (
+            "robustlab: interrupted; continue from the last checkpoint with: "
+            f"robustlab train --resume --run-dir {run_dir}"
+        )
+    return "robustlab: interrupted before the first checkpoint; nothing to resume, start again"
 
 
 def _check_resumable(run_dir: Path) -> None:
