@@ -95,9 +95,16 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path) -> None:
     assert ck["batch"] > 0, "the kill should land mid-epoch"
     assert ck["step"] < 16
 
-    subprocess.run(
-        _cmd("--resume", "--run-dir", str(killed)), env=_env(), check=True, capture_output=True
+    resumed = subprocess.run(
+        _cmd("--resume", "--run-dir", str(killed)),
+        env=_env(),
+        check=True,
+        capture_output=True,
+        text=True,
     )
+    # the resumed run says where it continues (epochs counted from 1, as in the progress bar)
+    assert f"in epoch {int(ck['epoch']) + 1}/" in resumed.stdout
+    assert f"at step {int(ck['step'])} (batch {int(ck['batch'])})" in resumed.stdout
     subprocess.run(
         _cmd(str(recipe), "--run-dir", str(ref)), env=_env(), check=True, capture_output=True
     )
