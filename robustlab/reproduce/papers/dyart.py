@@ -70,11 +70,12 @@ DYART_SCALES = {
     # 100 steps at a third of the cost; D4 at lr 0.005 (at the training lr 0.05 only 4 of 32
     # points stay correct and verified). 2 epochs of PGD-AT / DyART on 2,000 images after the
     # burn-in to fit the time budget on the shared machine (a DyART epoch costs about 3 PGD-AT
-    # epochs; the machine ran at load 20-28 on 2 cores).
+    # epochs; the machine ran at load 20-28 on 2 cores). Protocol on 200 test images
+    # (AutoAttack 20, checks 16) for the same reason.
     "cpu": DyartScale(
         burnin_epochs=2, atpart_epochs=1, epochs=2, lam=50.0, alpha=3.0, r0_factor=2.0,
         fab_steps=10, n_batches=3, batch=64, velocity="exact", margin_steps=30, d4_n=32,
-        d4_lr=5e-3, n_margin=100, n_test=500, n_train_after=2000,
+        d4_lr=5e-3, n_margin=50, n_test=200, n_train_after=2000, aa_n=20, checks_n=16,
     ),
     "gpu": DyartScale(
         burnin_epochs=3, atpart_epochs=2, epochs=12, lam=1000.0, alpha=3.0, r0_factor=2.0,
