@@ -198,7 +198,7 @@ def test_warm_starts_reuse_each_index_boundary_point(trained_mlp) -> None:
     obj = create_objective("dyart", **loose(warm_steps=3))
     first = obj.boundary_points(x, y, state(model, seed=1), index)
     assert first.count > 10
-    assert obj._warm is not None and int(obj._warm["has"].sum()) == first.count
+    assert obj._warm is not None and int(obj._warm["has"].sum()) >= first.count
     warm = obj.boundary_points(x, y, state(model, seed=2), index)
     cold = create_objective("dyart", **loose(warm_start=False)).boundary_points(
         x, y, state(model, seed=2), index

@@ -23,7 +23,8 @@ the margin term is evaluated with fixed BatchNorm statistics (eval mode for that
 ``margin_mode: train`` reproduces the authors' train-mode pass). During the first
 ``burn_in`` epochs (0-based ``state.epoch < burn_in``) the loss is plain cross-entropy.
 Warm starts (``warm_start``, on by default; robustlab's, not the authors'): the perturbation
-``x^ - x`` of every kept point is stored (float16) by dataset index; the next time that index
+``x^ - x`` of every verified boundary point (kept for the loss or not) is stored (float16) by
+dataset index; the next time that index
 comes up (the next epoch), its search starts from ``x + stored perturbation`` and runs
 ``warm_steps`` (5) FAB iterations instead of ``fab_steps``. Points are verified as before, and
 a warm search never returns a point farther than its start. The store is not checkpointed: a
@@ -191,7 +192,8 @@ class DyART(Objective):
         gnorm = threat.dual_norm(grad)
         keep &= gnorm > 0
         weight = torch.exp(-self.alpha * radius) / gnorm.clamp_min(torch.finfo(x.dtype).tiny)
-        self._remember(index, ci, idx[keep], delta[keep])
+        crossed = phi_hat.detach() <= 0  # verified boundary points, kept by the filter or not
+        self._remember(index, ci, idx[crossed], delta[crossed])
         return BoundaryBatch(
             idx[keep], x_hat[keep], weight[keep].detach(), radius[keep].detach(),
             int(ci.numel()), int(found.sum()),
@@ -250,8 +252,8 @@ class DyART(Objective):
         return w["has"][key], w["delta"][key]
 
     def _remember(self, index: Tensor | None, rows: Tensor, kept: Tensor, delta: Tensor) -> None:
-        """Store the kept points' perturbations ``delta`` (rows ``kept``); forget the other
-        ``rows`` (their search failed or was filtered out)."""
+        """Store the perturbations ``delta`` of rows ``kept`` (every verified boundary point,
+        whether or not the filter keeps it for the loss); forget the other ``rows``."""
         if self._warm is None or index is None:
             return
         self._warm["has"][index[rows].long()] = False
