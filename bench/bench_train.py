@@ -253,7 +253,10 @@ def dyart_part(args: argparse.Namespace, result: dict[str, Any], best: list[str]
     margins: dict[str, dict[str, float]] = {}
     for _ in range(args.repeats):
         ips["pgd_at"].append(time_robustlab(args, extra, PGD_AT))
-        for name, obj in (("dyart_cold", cold), ("dyart_warm", dyart)):
+        for name, obj in (
+            ("dyart_cold", cold),
+            ("dyart_warm", [*dyart, "objective.warm_start=true"]),
+        ):
             rec = last_epoch(args, extra, obj)
             ips[name].append(rec["images_per_s"])
             margins[name] = {k: rec[k] for k in ("train_kept", "train_mean_R") if k in rec}

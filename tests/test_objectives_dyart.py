@@ -195,7 +195,7 @@ def test_warm_starts_reuse_each_index_boundary_point(trained_mlp) -> None:
     boundary, not farther than a fresh 10-step search's (FAB only keeps closer points)."""
     model, x, y = trained_mlp
     index = torch.arange(100, 100 + x.shape[0])
-    obj = create_objective("dyart", **loose(warm_steps=3))
+    obj = create_objective("dyart", **loose(warm_start=True, warm_steps=3))
     first = obj.boundary_points(x, y, state(model, seed=1), index)
     assert first.count > 10
     assert obj._warm is not None and int(obj._warm["has"].sum()) >= first.count
