@@ -18,8 +18,8 @@ the points still robust (like every :class:`~robustlab.attacks.autoattack.Ensemb
 
 No FAB-T stage. When to use which: AutoAttack standard for numbers compared with the
 literature; ``fast`` for model selection, sweeps and monitoring, where it was measured at
-least as strong as AutoAttack standard on every model of ``bench/bench_eval.py`` at a fifth of
-its time or less (see docs/evaluation.md). It is not a replacement for adaptive attacks.
+least as strong as AutoAttack standard on every model of ``bench/bench_eval.py`` in 0.22-0.31x
+its CPU time (see docs/evaluation.md). It is not a replacement for adaptive attacks.
 """
 
 from __future__ import annotations
