@@ -11,10 +11,9 @@ import pytest
 from robustlab.cli import main
 
 
-@pytest.mark.parametrize("scale", ["cpu", "gpu"])
-def test_dry_run_of_all_lists_the_four_papers_plans(tmp_path, capsys, scale: str) -> None:
+def test_dry_run_of_all_lists_the_four_papers_plans(tmp_path, capsys) -> None:
     rd = tmp_path / "root"
-    assert main(["reproduce", "all", "--scale", scale, "--dry-run", "--run-dir", str(rd)]) == 0
+    assert main(["reproduce", "all", "--dry-run", "--run-dir", str(rd)]) == 0  # cpu scale
     out = capsys.readouterr().out
     assert "logits, uncertainty, metric, dyart" in out.splitlines()[0]
     for s in (0, 1, 2):
@@ -63,3 +62,12 @@ def test_matched_epoch_and_spearman_over_epochs() -> None:
     assert spearman_over_epochs(rising, acc)(idx) == pytest.approx(0.5)
     assert spearman_over_epochs(rising, rising)(idx) == pytest.approx(1.0)
     assert spearman_over_epochs(-rising, rising)(np.arange(2)) == pytest.approx(-1.0)
+
+
+@pytest.mark.parametrize("paper", ["metric", "dyart"])
+def test_gpu_scale_plans_of_c_and_d(tmp_path, capsys, paper: str) -> None:
+    rd = tmp_path / "root"
+    argv = ["reproduce", paper, "--scale", "gpu", "--dry-run", "--run-dir", str(rd)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "cifar10" in out and f"{paper}-" in out and not rd.exists()
