@@ -289,7 +289,7 @@ def test_submitit_launcher_local_executor(tmp_path) -> None:
     assert sum(r["event"] == "done" for r in log) == 6  # 3 trainings + 3 evaluations
 
 
-def test_missing_dataset_fails_before_any_run(tmp_path, capsys, shared_root, monkeypatch) -> None:
+def test_missing_dataset_fails_before_any_run(tmp_path, capsys, monkeypatch) -> None:
     """A plan on data that is not on disk is refused up front: one line, nothing written."""
     # --data-dir sets ROBUSTLAB_DATA in this process; monkeypatch restores it after the test
     monkeypatch.setenv("ROBUSTLAB_DATA", str(tmp_path))
@@ -297,10 +297,24 @@ def test_missing_dataset_fails_before_any_run(tmp_path, capsys, shared_root, mon
     empty = tmp_path / "no-data"
     empty.mkdir()
     args = ["reproduce", "uncertainty", "--scale", "cpu", "--seeds", "0", "--run-dir", str(rd)]
-    for extra in ([], ["--dry-run"]):  # refused before the plan is printed or written
-        assert main([*args, *extra, "--data-dir", str(empty)]) == 2
-        err = capsys.readouterr().err.strip()
-        assert "fashion-mnist" in err and "not found" in err and len(err.splitlines()) == 1
-        assert not rd.exists()
-    assert main([*args, "--dry-run", "--data-dir", str(shared_root / "data")]) == 0
-    assert "std-s0" in capsys.readouterr().out
+    assert main([*args, "--data-dir", str(empty)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "fashion-mnist" in err and "not found" in err and len(err.splitlines()) == 1
+    assert not rd.exists()
+    # planning needs no data (a login node); the plan is printed, nothing written
+    assert main([*args, "--dry-run", "--data-dir", str(empty)]) == 0
+    assert "std-s0" in capsys.readouterr().out and not rd.exists()
+
+
+@pytest.mark.parametrize("scale", ["gpu", "paper"])
+def test_every_planned_recipe_exists_at_every_scale(tmp_path, capsys, scale) -> None:
+    """``all`` plans only recipes that ship (B's EntM / LS at the paper-recipe scales)."""
+    from robustlab.reproduce.plan import PlanContext, merge_runs, resolve_papers
+
+    ctx = PlanContext(scale, [0], tmp_path / "root", {})
+    specs = merge_runs(resolve_papers("all"), ctx)
+    missing = [s.recipe for s in specs if not s.recipe_path().is_file()]
+    assert specs and not missing
+    argv = ["reproduce", "all", "--scale", scale, "--dry-run", "--run-dir", str(ctx.root)]
+    assert main(argv) == 0
+    assert "entm-s0" in capsys.readouterr().out

@@ -153,10 +153,10 @@ def reproduce(
     for p in papers:
         p.check_ready(ctx)
     specs = merge_runs(papers, ctx)
-    check_datasets(specs)
-    if dry_run:
+    if dry_run:  # a plan can be made where the data is not (a cluster's login node)
         print(plan_text(specs, papers, ctx, jobs))
         return {}
+    check_datasets(specs)
     return _execute(papers, specs, ctx, jobs, launcher, echo, command)
 
 

@@ -39,6 +39,12 @@ MODELS = (
     ("atentm", "pgd_at_entm", True, "AT+EntM"),
     ("atls", "pgd_at_ls", True, "AT+LS"),
 )
+# recipes/paper has AT+EntM and AT+LS recipes but no standalone EntM / LS one: there they are
+# the standard recipe with the regularizer of the AT+EntM / AT+LS recipes (same lambda, alpha).
+PAPER_REGULARIZERS = {
+    "entm": ("standard", ("objective.name=entm", "objective.entropy=1.0")),
+    "ls": ("standard", ("objective.name=ls", "objective.label_smoothing=0.1")),
+}
 EPS_FACTORS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 # "about none" in B1: robust accuracy below this level (fixed before any result was seen).
 NONE_LEVEL = 0.05
@@ -57,7 +63,9 @@ class UncertaintyPaper(Paper):
         out = []
         for s in ctx.seeds:
             for key, recipe, adv, _ in MODELS:
-                extra = at_overrides(b, b.eps) if adv else ()
+                extra: tuple[str, ...] = at_overrides(b, b.eps) if adv else ()
+                if b.recipes == "paper" and recipe in PAPER_REGULARIZERS:
+                    recipe, extra = PAPER_REGULARIZERS[recipe]
                 out.append(run_spec(f"{key}-s{s}", b, recipe, s, extra, adversarial=adv))
         return out
 
