@@ -79,3 +79,15 @@ def test_fast_runs_square_only_on_the_closest_points(trades: nn.Module, shared_d
     adv_dist = (res.x_adv - x).abs().flatten(1).amax(1)
     assert float(adv_dist.max()) <= 0.3 + 1e-6
     assert bool((res.robust_correct <= res.clean_correct).all())
+
+
+def test_presets_run_square_in_float32_by_default() -> None:
+    """bf16 queries change Square's search path (they can miss points), so no preset that must
+    be no weaker than the reference uses them unless asked."""
+    from robustlab.attacks.autoattack import PRESETS
+
+    for version in ("standard", "plus"):
+        squares = [kw for name, kw in PRESETS[version] if name == "square"]
+        assert squares and all(kw["precision"] == "float32" for kw in squares)
+    squares = [a for _, a in FastAttack(eps=0.3).attacks if isinstance(a, Square)]
+    assert squares and all(a.precision == "float32" for a in squares)

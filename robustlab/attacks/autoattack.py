@@ -51,7 +51,7 @@ PRESETS: dict[str, list[Entry]] = {
         ("apgd-ce", {"steps": 100, "restarts": 1}),
         ("apgd-t", {"steps": 100, "n_targets": 9, "restarts": 1}),
         ("fab-t", {"steps": 100, "n_target_classes": 9, "restarts": 1}),
-        ("square", {"n_queries": 5000, "rescale_schedule": False, "precision": "auto"}),
+        ("square", {"n_queries": 5000, "rescale_schedule": False, "precision": "float32"}),
     ],
     "plus": [
         ("apgd-ce", {"steps": 100, "restarts": 5}),
@@ -59,7 +59,7 @@ PRESETS: dict[str, list[Entry]] = {
         ("fab", {"steps": 100, "restarts": 5}),
         (
             "square",
-            {"n_queries": 5000, "rescale_schedule": False, "precision": "auto", "_repeats": 5},
+            {"n_queries": 5000, "rescale_schedule": False, "precision": "float32", "_repeats": 5},
         ),
         ("apgd-t", {"steps": 100, "n_targets": 9, "restarts": 1}),
         ("fab-t", {"steps": 100, "n_target_classes": 9, "restarts": 1}),

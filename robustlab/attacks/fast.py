@@ -13,8 +13,9 @@ the points still robust (like every :class:`~robustlab.attacks.autoattack.Ensemb
    (a fifth) of the surviving points that the white-box stages brought closest to the boundary
    (smallest DLR-normalised margin ``(z_y - max_{k != y} z_k) / (z_pi1 - z_pi3)`` at the best
    point found), in the spirit of A3's dropping of hopeless points (Liu et al. CVPR 2022).
-   ``square_precision="bf16"`` runs Square's queries under bf16 autocast and re-checks
-   every success in float32 (see :class:`~robustlab.attacks.square.Square`).
+   ``square_precision="bf16"`` (opt-in) runs Square's queries under bf16 autocast and
+   re-checks every success in float32 (see :class:`~robustlab.attacks.square.Square`); the
+   default is float32, because bf16 changes the search path and can miss points.
 
 No FAB-T stage. When to use which: AutoAttack standard for numbers compared with the
 literature; ``fast`` for model selection, sweeps and monitoring, where it was measured at
@@ -147,7 +148,7 @@ class FastAttack(Ensemble):
         n_targets: int = 3,
         n_queries: int = 5000,
         square_fraction: float = 0.2,
-        square_precision: str = "auto",
+        square_precision: str = "float32",
         seed: int | None = 0,
         batch_size: int | None = None,
         progress: bool = False,
