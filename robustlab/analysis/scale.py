@@ -1,4 +1,4 @@
-"""Per-sample cross-class KL and logit-scale normalization (paper C).
+"""Per-sample cross-class KL and logit-scale normalization (the `metric` paper).
 
 Entropy maximization, label smoothing and adversarial training all shrink the logits, which
 lowers the KL metric and the input Fisher norm by itself. To compare models beyond that,

@@ -54,6 +54,12 @@ _COMP_KEYS = {
 }
 
 
+def source_label(source: str) -> str:
+    """A claim's source tag as a reader sees it: ``paper`` (stated by the paper) or
+    ``reconstruction`` (a reading of the paper that its text does not state)."""
+    return "reconstruction" if source == "recon" else source
+
+
 def validate_claims(doc: Any) -> None:
     """Raise :class:`RobustlabError` naming the first field that breaks the schema."""
     if not isinstance(doc, dict) or doc.get("schema_version") != CLAIMS_SCHEMA_VERSION:
@@ -107,7 +113,7 @@ def claims_markdown(doc: dict[str, Any], titles: dict[str, str]) -> str:
             if c["paper"] != paper:
                 continue
             for i, comp in enumerate(c["comparisons"]):
-                head = f"**{c['id']}** [{c['source']}]" if i == 0 else ""
+                head = f"**{c['id']}** [{source_label(c['source'])}]" if i == 0 else ""
                 verdict = f"**{c['verdict']}**" if i == 0 else ""
                 sign = "+" if comp["expect"] == "positive" else "−"
                 seeds = ", ".join(_f(v) for v in comp["per_seed"])
@@ -255,7 +261,8 @@ def _report_html(root: Path, docs: dict[str, dict], titles: dict[str, str]) -> s
         for c in doc["claims"]:
             for i, comp in enumerate(c["comparisons"]):
                 head = (
-                    f"<td rowspan={len(c['comparisons'])}><b>{c['id']}</b> [{c['source']}]"
+                    f"<td rowspan={len(c['comparisons'])}><b>{c['id']}</b> "
+                    f"[{source_label(c['source'])}]"
                     f"<br>{html.escape(c['statement'])}</td><td rowspan="
                     f"{len(c['comparisons'])} class='{c['verdict']}'>{c['verdict']}</td>"
                     if i == 0

@@ -1,4 +1,4 @@
-"""Paper D (Xu et al., ICLR 2023): decision-boundary dynamics and DyART; claims D1-D4.
+"""The `dyart` paper (Xu et al., ICLR 2023): decision-boundary dynamics and DyART; claims D1-D4.
 
 Per seed ``s``: a naturally trained burn-in (``dyart-burnin-s``), a partly robust checkpoint
 (``dyart-atpart-s``: PGD-AT for ``atpart_epochs`` from the burn-in), and from the same burn-in
@@ -32,7 +32,7 @@ CHECKPOINTS = (("burnin", "natural burn-in"), ("atpart", "partly robust"))
 
 @dataclass(frozen=True)
 class DyartScale:
-    """Paper D's settings on top of the shared budget of a scale (see the module docstring).
+    """The `dyart` paper's settings on top of a scale's shared budget (see the module docstring).
 
     DyART: ``lam``, ``alpha``, ``r0`` (``r0_factor`` x eps), ``fab_steps``; dynamics:
     ``n_batches`` batches of ``batch`` training images, ``velocity``, ``margin_steps``;
@@ -63,7 +63,7 @@ class DyartScale:
 
 
 DYART_SCALES = {
-    # Fixed from pilots on seed 100 (not a verdict seed; see docs/results/dyart/README.md):
+    # Fixed from preliminary runs on seed 100 (not a verdict seed; docs/results/dyart/README.md):
     # a 1-epoch burn-in classified 45% of a training batch (most points drop out with margin
     # 0), so 2 epochs; lam 50 makes the margin term's velocity comparable to CE's (4.6 vs 8.6
     # at the burn-in, 4.5 vs 1.7 after 1 AT epoch); 30 FAB steps give margins within 1% of

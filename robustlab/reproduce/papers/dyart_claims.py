@@ -1,4 +1,4 @@
-"""Claims D1-D4 of paper D from the measurements of :mod:`dyart_data` and the protocol."""
+"""Claims D1-D4 of the `dyart` paper from the measurements of :mod:`dyart_data` and the protocol."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The measurements paper D's claims and figures use, per seed, cached in the run root
+"""The measurements the `dyart` paper's claims and figures use, per seed, cached in the run root
 (``ROOT/analysis/dyart-s<seed>-<settings hash>.npz``): margins and closed-form speeds of the
 PGD-AT and DyART updates at the burn-in and partly robust checkpoints (live weights), the D4
 check (closed form vs one SGD step), and test-image margins of the final models."""

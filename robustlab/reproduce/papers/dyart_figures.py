@@ -1,4 +1,4 @@
-"""Paper D's figures: conflicting-dynamics bars (fraction of negative speeds per margin bin,
+"""The `dyart` paper's figures: conflicting-dynamics bars (negative-speed fraction per margin bin,
 PGD-AT vs DyART) at both checkpoints, margin histograms, robust accuracy against eps."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Paper C (Shi et al., arXiv 1906.02494): the cross-class KL metric, its non-robust carrier
-(the input Fisher information) and the Fisher regularizer; claims C1-C3.
+"""The `metric` paper (Shi et al., arXiv 1906.02494): the cross-class KL metric, its non-robust
+carrier (the input Fisher information) and the Fisher regularizer; claims C1-C3.
 
 Per seed ``s``: standard training (``metric-std-s``), PGD-AT (``metric-at-s``) and the Fisher
 regularizer (``metric-fisher-s``), each with the ``analysis`` callback (metric, Fisher norm,
@@ -36,7 +36,8 @@ MODELS = (
 
 @dataclass(frozen=True)
 class MetricScale:
-    """Paper C's settings on top of the shared budget of a scale: more epochs than papers A/B
+    """The `metric` paper's settings on top of a scale's shared budget: more epochs than the
+    `logits` and `uncertainty` papers
     (the per-epoch curves need several records while accuracy still rises), the learning
     rate, the Fisher regularizer's weight ``c``, the callback's images and the claims' images.
     """
@@ -52,7 +53,8 @@ class MetricScale:
     extra: tuple[str, ...] = ()
 
 
-# cpu: Fashion-MNIST, LeNet-5, eps 0.1 (the shared cpu budget). Settings fixed from a pilot on
+# cpu: Fashion-MNIST, LeNet-5, eps 0.1 (the shared cpu budget). Settings fixed from a preliminary
+# run on
 # seed 100 (not a verdict seed) by the accuracy curve alone: at the recipes' lr 0.05, MNIST
 # reached 89% at the first record and barely moved after; Fashion-MNIST at lr 0.02 rises
 # 66% -> 86% over 8 epochs, so the rise of the metric with accuracy is observable per epoch.

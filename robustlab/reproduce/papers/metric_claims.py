@@ -1,4 +1,5 @@
-"""Claims C1-C3 of paper C from the per-image arrays of :mod:`metric_data` and the protocol."""
+"""Claims C1-C3 of the `metric` paper from the per-image arrays of :mod:`metric_data` and the
+protocol."""
 
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def c1(paper: MetricPaper, ctx: PlanContext, data: dict[int, dict[str, Any]]) ->
         notes="Per epoch, on the first test images: accuracy, the KL metric (mean over anchors "
         "of the mean KL to every image of another class) and the Frobenius norm of the input "
         "Fisher information, from each epoch's snapshot. The Fisher norm as the metric's "
-        "non-robust carrier follows the authors' code [code]; the grouping is [recon].",
+        "non-robust carrier follows the authors' code [code]; the grouping is (reconstruction).",
     )
 
 
@@ -136,7 +137,8 @@ def c2(paper: MetricPaper, ctx: PlanContext, data: dict[int, dict[str, Any]]) ->
         tables={"matched clean accuracy": table},
         notes="Matched: per seed, the standard epoch whose clean accuracy on the claim images is "
         "closest to the final robust model's. Unit logit scale: logits divided by their mean "
-        "per-image std over classes [recon], so shrinking logits alone cannot lower the numbers.",
+        "per-image std over classes (reconstruction), so shrinking logits alone cannot lower "
+        "the numbers.",
     )
 
 

@@ -1,4 +1,5 @@
-"""The numbers paper C's claims and figures are built from, computed once per run and cached in
+"""The numbers the `metric` paper's claims and figures are built from, computed once per run and
+cached in
 the run directory: per-epoch per-image accuracy, cross-class KL terms and input Fisher norms
 (raw and at unit logit scale) from the ``snapshot`` checkpoints, and the per-epoch records the
 ``analysis`` callback logged (``metrics.jsonl``).

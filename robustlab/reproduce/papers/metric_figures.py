@@ -1,4 +1,5 @@
-"""Paper C's figures: the per-epoch records of the ``analysis`` callback (KL metric, input
+"""The `metric` paper's figures: the per-epoch records of the ``analysis`` callback (KL metric,
+input
 Fisher norm, clean accuracy) for standard training, PGD-AT and the Fisher regularizer, seed
 mean with a min-max band."""
 
