@@ -180,9 +180,10 @@ def get_paper(name: str) -> Paper:
 
 
 def resolve_papers(name: str) -> list[Paper]:
-    """``name`` or every registered paper for ``all``."""
+    """``name``, or for ``all`` the papers robustlab ships (:data:`PAPER_MODULES`); a paper
+    registered elsewhere runs by its own name."""
     if name == "all":
-        return [get_paper(n) for n in available_papers()]
+        return [get_paper(n) for n in PAPER_MODULES]
     return [get_paper(name)]
 
 
