@@ -116,10 +116,11 @@ def plan_text(specs: list[RunSpec], papers: list[Paper], ctx: PlanContext, jobs:
         lines.append(f"  [{state:7s}] {s.key}: {s.recipe} {over}{needs}  ~{s.cost:.0f} s")
     ev = sum(p.eval_cost(ctx) for p in papers)
     total = (todo + ev) / max(1, jobs)
+    unit = "CPU core" if ctx.scale == "cpu" else "GPU"  # papers' cost tables: GPU seconds there
     lines.append(
         f"{len(specs)} runs ({sum(1 for s in specs if is_complete(ctx.run_dir(s.key)))} done); "
         f"estimated cost: training {todo / 60:.1f} min + evaluation {ev / 60:.1f} min of one "
-        f"CPU core, about {total / 60:.1f} min wall with --jobs {jobs} (scale {ctx.scale})"
+        f"{unit}, about {total / 60:.1f} min wall with --jobs {jobs} (scale {ctx.scale})"
     )
     return "\n".join(lines)
 
