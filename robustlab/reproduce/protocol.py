@@ -129,9 +129,11 @@ def evaluate_model(model: nn.Module, protocol: Protocol) -> tuple[dict[str, Any]
     """Run the protocol on ``model``; returns ``(summary, per-sample arrays)``."""
     p = protocol
     x, y = test_data(p)
+    dev = next(model.parameters()).device  # the data follows the model (a GPU when it is there)
+    x, y = x.to(dev), y.to(dev)
     model.eval()
     t0 = time.perf_counter()
-    arrays: dict[str, np.ndarray] = {"labels": y.numpy()}
+    arrays: dict[str, np.ndarray] = {"labels": y.cpu().numpy()}
     summary: dict[str, Any] = {"protocol": p.to_dict(), "n_test": int(x.shape[0])}
     for eps in sorted(set(p.eps) | {p.main_eps}):
         wc = _worst_case(model, x, y, eps, p)
@@ -180,6 +182,12 @@ def load_eval(out_dir: str | Path, protocol: Protocol) -> tuple[dict, dict] | No
     return json.loads(js.read_text(encoding="utf-8")), arrays
 
 
+def eval_device() -> torch.device:
+    """Where the reproduction evaluates: the first CUDA device when there is one, else the CPU
+    (the gpu and paper scales train on a GPU; their evaluation must not fall back to the CPU)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def evaluate_run(
     run_dir: str | Path, protocol: Protocol, model: nn.Module | None = None
 ) -> tuple[dict, dict]:
@@ -196,6 +204,7 @@ def evaluate_run(
 
         model, _ = load_run_model(run_dir, "best")
     torch.manual_seed(protocol.seed)
+    model = model.to(eval_device())
     summary, arrays = evaluate_model(model, protocol)
     js, nz = _paths(out, protocol)
     buf = io.BytesIO()
