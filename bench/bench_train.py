@@ -1,6 +1,13 @@
-"""Benchmark: PGD-10 adversarial training throughput of robustlab's loop against a minimal
+"""Benchmark: PGD-10 adversarial training cost of robustlab's loop against a minimal
 hand-written PyTorch loop of the same algorithm, the share of the machine's matmul FLOP/s that
-the training step reaches, and DyART's time per epoch relative to PGD-AT.
+the training step reaches, and DyART's cost per epoch relative to PGD-AT.
+
+Every figure is **process CPU seconds** (``time.process_time``) per epoch, one thread by default:
+on a shared machine wall-clock time measures the other jobs as much as the code (a DyART/PGD-AT
+ratio moved from 4.79x to 1.14x between two wall-clock runs). Wall seconds are kept as a
+secondary column. On a CPU device, images per CPU second = images / CPU seconds; FLOP/s shares
+use the CPU time of the step and of the matmul reference alike. (On CUDA, CPU seconds measure the
+host side only; read the wall columns there.)
 
 Both loops train the same model (same initial weights) on the same MNIST images with SGD
 (momentum 0.9, weight decay 5e-4), batch 128, PGD-10 at Linf eps 0.3 (step 0.075, random
@@ -8,17 +15,24 @@ start), and are timed side by side in one process, interleaved, over whole epoch
 warm-up epoch. The hand-written loop is the pattern of common reference implementations: a
 ``DataLoader`` over an in-memory ``TensorDataset``, ``loss.backward()`` inside the attack
 (parameter gradients computed and thrown away), ``optimizer.zero_grad()`` and ``loss.item()``
-every step. robustlab's throughput is the ``images_per_s`` of its own epoch record (training
-steps only; validation and checkpointing excluded). FLOPs of one training step are counted with
-``torch.utils.flop_counter.FlopCounterMode``; the matmul reference is a 2048x2048 ``torch.mm``.
+every step. robustlab's epoch is timed around the loop's ``Trainer._train_epoch`` (training steps
+only; validation and checkpointing excluded), its second (warm) epoch. FLOPs of one training
+step are counted with ``torch.utils.flop_counter.FlopCounterMode``; the matmul reference is a
+2048x2048 ``torch.mm``.
 
 Usage: python bench/bench_train.py [--data-dir DIR] [--model smallcnn] [--n-train 640]
        [--batch-size 128] [--repeats 3] [--threads 1] [--device cpu] [--no-dyart]
+       [--dyart-only] [--dyart-variants default,no_early_exit,warm]
 
-DyART vs PGD-AT: both fine-tune the TRADES SmallCNN (../shared/models) for the timed epoch.
+DyART vs PGD-AT: both fine-tune the TRADES SmallCNN (../shared/models) for the timed epoch;
+``default`` is DyART as configured by default, ``no_early_exit`` the same without the boundary
+search's early exit (``objective.drop_factor=null``: every point runs all FAB iterations),
+``warm`` with ``objective.warm_start=true``. ``--dyart-variants default`` also runs against
+robustlab versions that predate those options (for before/after runs of two checkouts).
 
 On a CPU shared with other jobs use --threads 1 (the default): OpenMP threads waiting for busy
-cores slow every op down many times. Writes bench/results/train.json and prints the JSON.
+cores slow every op down many times; start compared runs together. Writes
+bench/results/train.json and prints the machine line, a table and the JSON.
 """
 
 from __future__ import annotations
@@ -26,11 +40,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,22 +99,38 @@ PGD_AT = ["objective.name=pgd_at", f"objective.eps={EPS}", f"objective.steps={ST
 PGD_AT += [f"objective.step_size={STEP_SIZE}"]
 
 
-def time_robustlab(args: argparse.Namespace, extra: list[str], objective: list[str]) -> float:
-    """Images/second of robustlab's second (warm) epoch."""
-    cfg = load_config(None, robustlab_overrides(args, objective) + extra)
-    with tempfile.TemporaryDirectory() as tmp:
-        run = train(cfg, run_dir=Path(tmp) / "run")
-        recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in recs if r["kind"] == "epoch"][-1]["images_per_s"]
+@contextmanager
+def epoch_cpu_seconds() -> Iterator[list[float]]:
+    """Process CPU seconds of every training epoch run inside the block (around the loop's
+    ``Trainer._train_epoch``: the training steps, no validation or checkpointing)."""
+    from robustlab.train.loop import Trainer
+
+    orig = Trainer._train_epoch
+    out: list[float] = []
+
+    def timed(self: Trainer) -> None:
+        c0 = time.process_time()
+        orig(self)
+        out.append(time.process_time() - c0)
+
+    Trainer._train_epoch = timed  # type: ignore[method-assign]
+    try:
+        yield out
+    finally:
+        Trainer._train_epoch = orig  # type: ignore[method-assign]
 
 
 def last_epoch(args: argparse.Namespace, extra: list[str], objective: list[str]) -> dict:
-    """The epoch record of robustlab's second (warm) epoch."""
+    """The epoch record of robustlab's second (warm) epoch, with its process CPU seconds
+    (``cpu_s``) and images per CPU second (``images_per_cpu_s``)."""
     cfg = load_config(None, robustlab_overrides(args, objective) + extra)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, epoch_cpu_seconds() as cpu:
         run = train(cfg, run_dir=Path(tmp) / "run")
         recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in recs if r["kind"] == "epoch"][-1]
+    rec = [r for r in recs if r["kind"] == "epoch"][-1]
+    rec["cpu_s"] = cpu[-1]
+    rec["images_per_cpu_s"] = args.n_train // args.batch_size * args.batch_size / cpu[-1]
+    return rec
 
 
 def handwritten_epoch(
@@ -107,12 +138,12 @@ def handwritten_epoch(
     opt: torch.optim.Optimizer,
     loader: DataLoader,
     device: torch.device,
-) -> float:
-    """One epoch of PGD-10 AT as commonly written by hand; returns images/second."""
+) -> dict[str, float]:
+    """One epoch of PGD-10 AT as commonly written by hand; CPU and wall seconds."""
     n = 0
     total_loss = 0.0
     _sync(device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         model.eval()
@@ -133,7 +164,7 @@ def handwritten_epoch(
         total_loss += loss.item()
         n += x.shape[0]
     _sync(device)
-    return n / (time.perf_counter() - t0)
+    return {"cpu_s": time.process_time() - c0, "time_s": time.perf_counter() - t0}
 
 
 def make_handwritten(args: argparse.Namespace, device: torch.device) -> tuple[Any, Any, Any]:
@@ -150,17 +181,19 @@ def make_handwritten(args: argparse.Namespace, device: torch.device) -> tuple[An
 def matmul_flops(
     device: torch.device, n: int = 2048, reps: int = 10, dtype: torch.dtype = torch.float32
 ) -> float:
-    """Measured FLOP/s of a large matrix product in ``dtype`` (best of ``reps``)."""
+    """FLOP/s of a large matrix product in ``dtype`` (best of ``reps``), per process CPU second
+    on a CPU device (per wall second on CUDA)."""
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(reps):
         _sync(device)
-        t0 = time.perf_counter()
+        t0 = clock()
         torch.mm(a, b)
         _sync(device)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, clock() - t0)
     return 2 * n**3 / best
 
 
@@ -234,8 +267,25 @@ def step_profile(args: argparse.Namespace, device: torch.device, objective: list
              "calls": e.count} for e in rows[:10]]  # fmt: skip
 
 
+DYART_VARIANTS = {
+    "default": [],
+    "no_early_exit": ["objective.drop_factor=null"],
+    "warm": ["objective.warm_start=true"],
+}
+RECORD_KEYS = ("train_loss", "train_correct", "train_found", "train_kept", "train_mean_R",
+               "train_margin_term")  # fmt: skip
+
+
+def _cpu_wall(recs: list[dict]) -> dict[str, float]:
+    """Median CPU and wall seconds per epoch of some epoch records."""
+    return {
+        "cpu_s": round(statistics.median(r["cpu_s"] for r in recs), 3),
+        "time_s": round(statistics.median(r["time_s"] for r in recs), 3),
+    }
+
+
 def dyart_part(args: argparse.Namespace, result: dict[str, Any], best: list[str]) -> None:
-    """DyART cold (warm_start=false, the code before) and warm against PGD-AT, interleaved."""
+    """DyART variants against PGD-AT, interleaved, in CPU seconds per (second) epoch."""
     # DyART runs FAB on correctly classified points only, so its cost depends on the
     # model's accuracy: both objectives fine-tune the accurate TRADES SmallCNN when it is
     # available (else one natural burn-in epoch precedes the timed epoch).
@@ -248,27 +298,75 @@ def dyart_part(args: argparse.Namespace, result: dict[str, Any], best: list[str]
         extra = list(best)
         dyart = ["objective.name=dyart", f"objective.eps={EPS}", "objective.burn_in=1"]
         start = "one natural burn-in epoch"
-    cold = [*dyart, "objective.warm_start=false"]
-    ips: dict[str, list[float]] = {"pgd_at": [], "dyart_cold": [], "dyart_warm": []}
-    margins: dict[str, dict[str, float]] = {}
+    names = [v for v in args.dyart_variants.split(",") if v]
+    recs: dict[str, list[dict]] = {k: [] for k in ["pgd_at", *names]}
     for _ in range(args.repeats):
-        ips["pgd_at"].append(time_robustlab(args, extra, PGD_AT))
-        for name, obj in (
-            ("dyart_cold", cold),
-            ("dyart_warm", [*dyart, "objective.warm_start=true"]),
-        ):
-            rec = last_epoch(args, extra, obj)
-            ips[name].append(rec["images_per_s"])
-            margins[name] = {k: rec[k] for k in ("train_kept", "train_mean_R") if k in rec}
-    med_d = {k: statistics.median(v) for k, v in ips.items()}
+        recs["pgd_at"].append(last_epoch(args, extra, PGD_AT))
+        for name in names:
+            recs[name].append(last_epoch(args, extra, [*dyart, *DYART_VARIANTS[name]]))
+    per = {k: _cpu_wall(v) for k, v in recs.items()}
     result["dyart"] = {
         "start": start,
-        "images_per_s": {k: round(v, 2) for k, v in med_d.items()},
-        "time_per_epoch_vs_pgd_at": {
-            k: round(med_d["pgd_at"] / med_d[k], 3) for k in ("dyart_cold", "dyart_warm")
+        "per_epoch": per,
+        "cpu_s_all": {k: [round(r["cpu_s"], 3) for r in v] for k, v in recs.items()},
+        "cpu_vs_pgd_at": {k: round(per[k]["cpu_s"] / per["pgd_at"]["cpu_s"], 3) for k in names},
+        "wall_vs_pgd_at": {k: round(per[k]["time_s"] / per["pgd_at"]["time_s"], 3) for k in names},
+        "second_epoch_records": {
+            k: {f: v[-1][f] for f in RECORD_KEYS if f in v[-1]} for k, v in recs.items()
         },
-        "second_epoch_verified_margins": margins,
-        "note": "dyart_cold = warm_start=false (the code before); both time the 2nd epoch",
+        "note": "CPU seconds of the 2nd epoch (median over repeats); records of the last repeat",
+    }
+    print(f"DyART vs PGD-AT ({start}, {args.n_train} images, batch {args.batch_size}, eps {EPS})")
+    head = ("variant", "CPU s/epoch", "vs PGD-AT", "wall s", "kept", "mean_R")
+    print(f"{head[0]:<16}{head[1]:>12}{head[2]:>11}{head[3]:>9}{head[4]:>8}{head[5]:>9}")
+    for k in recs:
+        rec, ratio = recs[k][-1], per[k]["cpu_s"] / per["pgd_at"]["cpu_s"]
+        kept, r = rec.get("train_kept", float("nan")), rec.get("train_mean_R", float("nan"))
+        print(f"{k:<16}{per[k]['cpu_s']:>12.2f}{ratio:>10.2f}x{per[k]['time_s']:>9.1f}"
+              f"{kept:>8.4f}{r:>9.4f}")  # fmt: skip
+
+
+def at_step_part(args: argparse.Namespace, device: torch.device, variants: dict) -> dict:
+    """PGD-10 AT: the hand-written loop and robustlab's variants, interleaved; FLOP/s shares."""
+    hand: list[dict[str, float]] = []
+    recs: dict[str, list[dict]] = {k: [] for k in variants}
+    model, opt, loader = make_handwritten(args, device)
+    handwritten_epoch(model, opt, loader, device)  # warm-up epoch
+    for _ in range(args.repeats):
+        hand.append(handwritten_epoch(model, opt, loader, device))
+        for name, extra in variants.items():
+            recs[name].append(last_epoch(args, extra, PGD_AT))
+    per = {k: _cpu_wall(v) for k, v in recs.items()}
+    per["handwritten"] = _cpu_wall(hand)
+    best_name = min((k for k in variants if "bf16" not in k), key=lambda k: per[k]["cpu_s"])
+    mm, mm16 = matmul_flops(device), matmul_flops(device, dtype=torch.bfloat16)
+    flops = step_flops(args, device, PGD_AT)
+    steps = args.n_train // args.batch_size
+    achieved = {k: flops * steps / per[k]["cpu_s"] for k in variants}
+    images = steps * args.batch_size
+    print(f"PGD-10 AT epoch ({args.model}, {images} images, batch {args.batch_size}); "
+          f"matmul fp32 {mm / 1e9:.1f}, bf16 {mm16 / 1e9:.1f} GFLOP per CPU s")  # fmt: skip
+    print(f"{'variant':<16}{'CPU s/epoch':>12}{'img/CPU s':>11}{'vs hand':>9}{'wall s':>9}"
+          f"{'share fp32 mm':>15}")  # fmt: skip
+    for k in [*variants, "handwritten"]:
+        c = per[k]["cpu_s"]
+        share = f"{achieved[k] / mm:.3f}" if k in achieved else "-"
+        print(f"{k:<16}{c:>12.2f}{images / c:>11.1f}{per['handwritten']['cpu_s'] / c:>8.2f}x"
+              f"{per[k]['time_s']:>9.1f}{share:>15}")  # fmt: skip
+    return {
+        "per_epoch": per,
+        "cpu_s_all": {k: [round(r["cpu_s"], 3) for r in v] for k, v in recs.items()}
+        | {"handwritten": [round(r["cpu_s"], 3) for r in hand]},
+        "images_per_cpu_s": {k: round(images / v["cpu_s"], 2) for k, v in per.items()},
+        "speedup_vs_handwritten": {
+            k: round(per["handwritten"]["cpu_s"] / per[k]["cpu_s"], 3) for k in variants
+        },
+        "best_variant": best_name,
+        "step_flops": flops,
+        "matmul_flops_per_cpu_s": mm,
+        "matmul_bf16_flops_per_cpu_s": mm16,
+        "share_of_matmul_flops": round(achieved[best_name] / mm, 4),
+        "share_of_matmul_flops_by_variant": {k: round(v / mm, 4) for k, v in achieved.items()},
     }
 
 
@@ -285,6 +383,8 @@ def main() -> None:
     p.add_argument("--no-dyart", action="store_true")
     p.add_argument("--no-profile", action="store_true")
     p.add_argument("--dyart-only", action="store_true", help="only DyART vs PGD-AT")
+    p.add_argument("--dyart-variants", default="default,no_early_exit,warm",
+                   help=f"comma-separated, of {', '.join(DYART_VARIANTS)}")  # fmt: skip
     p.add_argument("--out", default="bench/results/train.json")
     args = p.parse_args()
     if args.data_dir is None:
@@ -293,34 +393,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(machine_line(machine_info(device)), flush=True)
-
-    # robustlab's defaults (channels_last on) and the same loop in NCHW memory format.
-    variants = {
-        "robustlab": [],
-        "robustlab_nchw": ["train.channels_last=false"],
-        "robustlab_bf16": ["train.amp=bf16"],
-    }
-    if args.dyart_only:
-        result: dict[str, Any] = {"machine": machine_info(device), "n_train": args.n_train}
-        dyart_part(args, result, [])
-        write_json(args.out, result)
-        print(json.dumps(result, indent=2))
-        return
-    times: dict[str, list[float]] = {k: [] for k in [*variants, "handwritten"]}
-    model, opt, loader = make_handwritten(args, device)
-    handwritten_epoch(model, opt, loader, device)  # warm-up epoch
-    for _ in range(args.repeats):
-        times["handwritten"].append(handwritten_epoch(model, opt, loader, device))
-        for name, extra in variants.items():
-            times[name].append(time_robustlab(args, extra, PGD_AT))
-    med = {k: statistics.median(v) for k, v in times.items()}
-    best_name = max((k for k in variants if "bf16" not in k), key=lambda k: med[k])
-
-    mm = matmul_flops(device)
-    flops = step_flops(args, device, PGD_AT)
-    achieved = flops / args.batch_size * med[best_name]
     result: dict[str, Any] = {
         "benchmark": "pgd10_adversarial_training",
+        "clock": "process CPU seconds per epoch (time.process_time); wall seconds secondary",
         "model": args.model,
         "dataset": args.dataset,
         "n_train": args.n_train,
@@ -330,28 +405,25 @@ def main() -> None:
         "device": str(device),
         "threads": args.threads,
         "repeats": args.repeats,
-        "images_per_s": {k: round(v, 2) for k, v in med.items()},
-        "images_per_s_all": {k: [round(x, 2) for x in v] for k, v in times.items()},
-        "speedup_vs_handwritten": {k: round(med[k] / med["handwritten"], 3) for k in variants},
-        "best_variant": best_name,
-        "step_flops": flops,
-        "matmul_flops_per_s": mm,
-        "matmul_bf16_flops_per_s": matmul_flops(device, dtype=torch.bfloat16),
-        "achieved_flops_per_s": achieved,
-        "share_of_matmul_flops": round(achieved / mm, 4),
-        "share_of_matmul_flops_by_variant": {
-            k: round(flops / args.batch_size * med[k] / mm, 4) for k in variants
-        },
-        "load_average": os.getloadavg(),
-        "cpu": platform.processor() or platform.machine(),
         "machine": machine_info(device),
-        "torch": torch.__version__,
+        "machine_line": machine_line(machine_info(device)),
     }
-    if not args.no_profile:
-        result["step_profile_fp32"] = step_profile(args, device, PGD_AT, amp=False)
-        result["step_profile_bf16"] = step_profile(args, device, PGD_AT, amp=True)
+    # robustlab's defaults (channels_last on) and the same loop in NCHW memory format.
+    variants = {
+        "robustlab": [],
+        "robustlab_nchw": ["train.channels_last=false"],
+        "robustlab_bf16": ["train.amp=bf16"],
+    }
+    best: list[str] = []
+    if not args.dyart_only:
+        result["at_step"] = at_step_part(args, device, variants)
+        best = variants[result["at_step"]["best_variant"]]
+        if not args.no_profile:
+            result["step_profile_fp32"] = step_profile(args, device, PGD_AT, amp=False)
+            result["step_profile_bf16"] = step_profile(args, device, PGD_AT, amp=True)
     if not args.no_dyart:
-        dyart_part(args, result, variants[best_name])
+        dyart_part(args, result, best)
+    result["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     write_json(args.out, result)
     print(json.dumps(result, indent=2))
 

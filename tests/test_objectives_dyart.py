@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -213,3 +214,51 @@ def test_warm_starts_reuse_each_index_boundary_point(trained_mlp) -> None:
     # a warm search starts at the stored point (stored in float16: relative error ~1e-3)
     assert all(r_warm[i] <= r_first[i] * (1 + 2e-3) + 1e-6 for i in both)
     assert warm.radius.mean() <= cold.radius.mean() * 1.05  # 5%: different random starts
+
+
+def test_boundary_search_early_exit() -> None:
+    """``drop=(k, radius)``: a radius no point exceeds changes nothing; radius 0 after 0
+    iterations stops every search before its first step (from a clean start only the points
+    already on the far side, at distance 0, are found)."""
+    from robustlab.attacks.boundary import boundary_search
+    from robustlab.attacks.threat import make_threat
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.SiLU(), nn.Linear(8, 3)).double()
+    x = torch.rand(12, 1, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    phi = partial(soft_margin, beta=5.0)
+    kw = dict(steps=10, random_start=False, refine_steps=0)
+    threat = make_threat("linf", 0.3)
+    full = boundary_search(model, x, y, phi, threat, **kw)
+    same = boundary_search(model, x, y, phi, threat, drop=(3, float("inf")), **kw)
+    assert bool(full.found.any())
+    assert torch.equal(full.found, same.found) and torch.equal(full.x_boundary, same.x_boundary)
+    assert bool((full.distance > 0).any())
+    none = boundary_search(model, x, y, phi, threat, drop=(0, 0.0), **kw)
+    assert torch.equal(none.found, full.distance == 0)
+
+
+def test_early_exit_keeps_the_same_points_and_loss(trained_mlp) -> None:
+    """DyART's early exit (points with no boundary point within ``drop_factor * r0`` after
+    ``drop_after`` iterations stop searching): on a seeded case where points do stop early, the
+    kept points, their radii and weights and the loss equal those of the full search."""
+    model, x, y = trained_mlp
+    rows: list[int] = []
+    hook = model.register_forward_pre_hook(lambda m, a: rows.append(a[0].shape[0]))
+    out = {}
+    for name, drop in (("full", dict(drop_factor=None)), ("early", dict(drop_after=3))):
+        obj = create_objective("dyart", **loose(r0=0.05, drop_factor=2.0) | drop)
+        rows.clear()
+        bb = obj.boundary_points(x, y, state(model, seed=1))
+        out[name] = (bb, sum(rows), obj(model, x, y, None, state(model, seed=1))[0])
+    hook.remove()
+    (full, work_full, loss_full), (early, work_early, loss_early) = out["full"], out["early"]
+    assert full.count >= 5  # the case keeps points ...
+    assert work_early < 0.9 * work_full  # ... and searches stopped early (946 of 1142 rows)
+    assert early.index.tolist() == full.index.tolist()
+    # float64; the only difference is the batch composition of the forward passes
+    torch.testing.assert_close(early.radius, full.radius, rtol=1e-9, atol=0)
+    torch.testing.assert_close(early.weight, full.weight, rtol=1e-9, atol=0)
+    torch.testing.assert_close(loss_early, loss_full, rtol=1e-9, atol=0)

@@ -33,8 +33,7 @@ differently batched pass (issue 11: boundary points of a linear model unverified
 
 ``boundary_search`` never switches model modes (training code calls it on the model as it is);
 the :class:`~robustlab.attacks.fab.FAB` and :class:`~robustlab.attacks.fab.FABTargeted` attacks
-(``attacks/fab.py``) wrap it with ``attack_mode``; the hyperplane projections live in
-``attacks/projection.py``.
+wrap it with ``attack_mode``; the hyperplane projections live in ``attacks/projection.py``.
 """
 
 from __future__ import annotations
@@ -252,6 +251,7 @@ def boundary_search(
     refine_steps: int = 8,
     x_init: Tensor | None = None,
     any_misclassification: bool = False,
+    drop: tuple[int, float] | None = None,
 ) -> BoundaryResult:
     """Closest point (threat norm, inside [0, 1]) where ``phi(model(.), y)`` reaches zero.
 
@@ -278,6 +278,7 @@ def boundary_search(
             success (the reference FAB-T); ``phi_value`` is then the hard margin.
         refine_steps: regula-falsi steps on the segment from ``x`` to the best point (0 = plain
             FAB); each is one forward pass and keeps the point verified.
+        drop: ``(k, radius)``: after ``k`` iterations, samples with no point within ``radius`` stop.
 
     The model is called as it is: in train mode BatchNorm layers update their running
     statistics on every forward and dropout makes ``phi`` random (verification then refers to
@@ -313,7 +314,7 @@ def boundary_search(
     idx = (~done_clean).nonzero().squeeze(1)
     if idx.numel() > 0:
         tt = t_all[idx] if t_all is not None else None
-        runs = _Restarts(steps, restarts, alpha_max, eta, beta, random_start, generator)
+        runs = _Restarts(steps, restarts, alpha_max, eta, beta, random_start, generator, drop=drop)
         radius = start_r[idx] if start_r is not None else None
         if x_init is not None:
             runs.init = x_init.detach().reshape(n, -1)[idx].clamp(0.0, 1.0)
@@ -373,6 +374,7 @@ class _Restarts:
     random_start: bool | None
     generator: torch.Generator | None
     init: Tensor | None = None  # start of the first restart (warm start)
+    drop: tuple[int, float] | None = None  # (k, radius): early exit of far samples
 
     def solve(
         self,
@@ -396,8 +398,9 @@ class _Restarts:
                 rad = radius if radius is not None else torch.minimum(bd, ref_eps) / 2
                 start = (x0 + _sphere(prob.threat, x0, rad, self.generator)).clamp(0.0, 1.0)
             bx, bd = _fab_run(
-                prob, x0, y, t, start, self.steps, self.alpha_max, self.eta, self.beta, bx, bd
-            )
+                prob, x0, y, t, start, self.steps, self.alpha_max, self.eta, self.beta, bx, bd,
+                self.drop,
+            )  # fmt: skip
         return bx, bd
 
 
@@ -413,13 +416,19 @@ def _fab_run(
     beta: float,
     best_x: Tensor,
     best_d: Tensor,
+    drop: tuple[int, float] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One FAB restart from ``start``; returns the updated best points and distances."""
     threat = prob.threat
     xc = start
     if not torch.equal(start, x0):  # a random start may already be on the far side
         best_x, best_d = _keep_best(prob, x0, y, t, xc, best_x, best_d)
-    for _ in range(steps):
+    rows, full = None, None
+    for i in range(steps):
+        if drop is not None and i == drop[0]:  # far samples stop, the others go on as a sub-batch
+            rows, full = (best_d <= drop[1]).nonzero().squeeze(1), (best_x.clone(), best_d.clone())
+            x0, y, xc, best_x, best_d = x0[rows], y[rows], xc[rows], best_x[rows], best_d[rows]
+            t = t if t is None else t[rows]
         val, grad = prob.linearize(xc, y, t)
         # Linearised boundary through xc: val + <grad, z - xc> = 0. Project xc and x0 onto it.
         d_cur = project_hyperplane_box(threat, xc, grad, -val)
@@ -434,6 +443,9 @@ def _fab_run(
         best_x = torch.where(better[:, None], xc, best_x)
         best_d = torch.where(better, dist, best_d)
         xc = torch.where(hit[:, None], x0 + beta * (xc - x0), xc)  # backward step
+    if full is not None:
+        full[0][rows], full[1][rows] = best_x, best_d
+        return full
     return best_x, best_d
 
 
