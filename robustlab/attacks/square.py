@@ -14,12 +14,13 @@ are queried. Samples misclassified on clean inputs are returned unchanged.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor, nn
 
 from robustlab.attacks.base import Attack, check_labels, register_attack, resolve_threat
-from robustlab.attacks.fab import hard_margin
+from robustlab.attacks.boundary import hard_margin
 from robustlab.attacks.threat import ThreatModel
 from robustlab.errors import RobustlabError
 
@@ -90,16 +91,46 @@ def _windows(
     return vh[:, None] + ar, vw[:, None] + ar
 
 
-def _window_mask(
-    n: int, h: int, w: int, s: int, gen: torch.Generator, device: torch.device
-) -> Tensor:
-    """(n, 1, h, w) boolean mask of a random s x s square per sample (the same draws as
-    :func:`_windows`)."""
-    vh = torch.randint(0, h - s + 1, (n,), generator=gen, device=device)
-    vw = torch.randint(0, w - s + 1, (n,), generator=gen, device=device)
-    i = torch.arange(h, device=device) - vh[:, None]  # (n, h)
-    j = torch.arange(w, device=device) - vw[:, None]  # (n, w)
-    return (((i >= 0) & (i < s))[:, :, None] & ((j >= 0) & (j < s))[:, None, :])[:, None]
+def _coins(shape: tuple[int, ...], gen: torch.Generator, device: torch.device) -> Tensor:
+    """Fair boolean coins: the draws of :func:`_signs` (``True`` where it gives +1)."""
+    return torch.randint(0, 2, shape, generator=gen, device=device, dtype=torch.bool)
+
+
+def _hard_margin(logits: Tensor, y: Tensor) -> Tensor:
+    """:func:`~robustlab.attacks.boundary.hard_margin` in four kernels (bit-identical)."""
+    yy = y[:, None]
+    return logits.gather(1, yy).squeeze(1) - logits.scatter(1, yy, float("-inf")).amax(1)
+
+
+@dataclass
+class _Active:
+    """The points Square still queries, compacted: every query works on these tensors whole
+    (no gather from and scatter into the full batch); ``pos`` are their rows in the batch.
+    ``lo`` / ``hi``: ``clamp(x -+ eps)``, the two values a Linf square can take."""
+
+    pos: Tensor
+    x: Tensor
+    y: Tensor
+    eps: Tensor
+    best: Tensor
+    m: Tensor
+    lo: Tensor | None
+    hi: Tensor | None
+
+    @classmethod
+    def start(
+        cls, x: Tensor, y: Tensor, eps: Tensor, best: Tensor, m: Tensor, linf: bool
+    ) -> _Active:
+        e = eps[:, None, None, None]
+        lo, hi = ((x - e).clamp(0.0, 1.0), (x + e).clamp(0.0, 1.0)) if linf else (None, None)
+        act = cls(torch.arange(x.shape[0], device=x.device), x, y, eps, best, m, lo, hi)
+        live = m > 0
+        return act if bool(live.all()) else act.keep(live.nonzero().squeeze(1))
+
+    def keep(self, k: Tensor) -> _Active:
+        """The active set restricted to its rows ``k``."""
+        parts = (getattr(self, f.name) for f in fields(self))
+        return _Active(*(None if t is None else t[k] for t in parts))
 
 
 def _get(t: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
@@ -191,7 +222,7 @@ class Square(Attack):
     def _run(
         self, model: nn.Module, x: Tensor, y: Tensor, gen: torch.Generator
     ) -> tuple[Tensor, Tensor]:
-        n, c, h, w = x.shape
+        n = x.shape[0]
         logits = model(x)
         check_labels(y, logits.shape[1])
         eps_all = torch.as_tensor(self.threat.eps, dtype=x.dtype, device=x.device).flatten()
@@ -206,31 +237,29 @@ class Square(Attack):
         x_best = self._init_linf(xs, eps, gen) if linf else self._init_l2(xs, eps, gen)
         m_best = self._margin(model, x_best, ys)
         q = torch.ones(xs.shape[0], dtype=torch.long, device=x.device)
-        idx = (m_best > 0).nonzero().squeeze(1)
+        act = _Active.start(xs, ys, eps, x_best, m_best, linf)
+        self._tables: dict[tuple[int, int, int], tuple[Tensor, Tensor]] = {}
         for it in range(1, self.n_queries):
-            if idx.numel() == 0:
+            if act.pos.numel() == 0:
                 break
             # update it - 1 counted from 0 after the initialisation, as the reference counts
             p = p_schedule(self.p_init, it - 1, self.n_queries, self.rescale_schedule)
-            full = idx.numel() == xs.shape[0]  # no indexing while every point is still active
-            xi, bi, ei = (xs, x_best, eps) if full else (xs[idx], x_best[idx], eps[idx])
             if linf:
-                x_new = self._step_linf(xi, bi, ei, p, gen)
+                cand = self._step_linf(act, p, gen)
             else:
-                x_new = self._step_l2(xi, bi, ei, p, gen)
-            m_new = self._margin(model, x_new, ys if full else ys[idx])
-            if full:
-                q += 1
-                better = m_new < m_best
-                x_best = torch.where(better[:, None, None, None], x_new, x_best)
-                m_best = torch.minimum(m_new, m_best)
-            else:
-                q[idx] += 1
-                better = m_new < m_best[idx]
-                x_best[idx[better]] = x_new[better]
-                m_best[idx] = torch.minimum(m_new, m_best[idx])
-            if bool((m_new <= 0).any()):  # some point just crossed: drop it from the batch
-                idx = (m_best > 0).nonzero().squeeze(1)
+                cand = self._step_l2(act.x, act.best, act.eps, p, gen)
+            m_new = self._margin(model, cand, act.y)
+            act.best = torch.where((m_new < act.m)[:, None, None, None], cand, act.best)
+            act.m = torch.minimum(m_new, act.m)
+            done = m_new <= 0
+            if bool(done.any()):  # some points just crossed: write them out, drop them
+                gone = done.nonzero().squeeze(1)
+                x_best[act.pos[gone]] = act.best[gone]
+                q[act.pos[gone]] = it + 1
+                act = act.keep((~done).nonzero().squeeze(1))
+        if act.pos.numel():  # still robust: every query spent
+            x_best[act.pos] = act.best
+            q[act.pos] = self.n_queries
         x_adv[todo] = x_best
         queries[todo] = q
         return x_adv, queries
@@ -238,12 +267,12 @@ class Square(Attack):
     def _margin(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """Margins of queries ``x``; under bf16, rows that crossed are re-checked in float32."""
         if not getattr(self, "_bf16", False):
-            return hard_margin(model(x), y)
+            return _hard_margin(model(x), y)
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
-            m = hard_margin(model(x).float(), y)
+            m = _hard_margin(model(x).float(), y)
         crossed = (m <= 0).nonzero().squeeze(1)
         if crossed.numel():
-            m[crossed] = hard_margin(model(x[crossed]).float(), y[crossed])
+            m[crossed] = _hard_margin(model(x[crossed]).float(), y[crossed])
         return m
 
     # ---------------------------------------------------------------- Linf
@@ -254,25 +283,40 @@ class Square(Attack):
         stripes = _signs((n, c, 1, w), gen, x)
         return (x + eps[:, None, None, None] * stripes).clamp(0.0, 1.0)
 
-    @staticmethod
-    def _step_linf(
-        x: Tensor, x_best: Tensor, eps: Tensor, p: float, gen: torch.Generator
-    ) -> Tensor:
-        """Set a random square (one per sample) to +-eps, one sign per channel."""
-        n, c, h, w = x.shape
+    def _step_linf(self, a: _Active, p: float, gen: torch.Generator) -> Tensor:
+        """Set a random square (one per sample) to +-eps, one sign per channel; the signs are
+        redrawn (up to 10 times) for samples whose square would not change."""
+        n, c, h, w = a.x.shape
         s = int(round(math.sqrt(p * h * w)))
         s = min(max(s, 1), min(h, w) - 1)
-        mask = _window_mask(n, h, w, s, gen, x.device)
-        e = eps[:, None, None, None]
-        new = (x + e * _signs((n, c, 1, 1), gen, x)).clamp(0.0, 1.0)
-        for _ in range(10):  # redraw the signs where the square would not change
-            diff = torch.where(mask, (new - x_best).abs(), 0.0)
-            same = diff.flatten(1).amax(1) < 1e-7
+        rows, cols = self._window_tables(h, w, s, a.x.device)
+        vh = torch.randint(0, h - s + 1, (n,), generator=gen, device=a.x.device)
+        vw = torch.randint(0, w - s + 1, (n,), generator=gen, device=a.x.device)
+        mask = rows[vh][:, None, :, None] & cols[vw][:, None, None, :]  # (n, 1, h, w)
+        assert a.hi is not None and a.lo is not None
+        new = torch.where(_coins((n, c, 1, 1), gen, a.x.device), a.hi, a.lo)
+        cand = torch.where(mask, new, a.best)
+        for _ in range(10):
+            same = (cand - a.best).abs().amax((1, 2, 3)) < 1e-7  # zero outside the square
             if not bool(same.any()):
                 break
-            redraw = (x + e * _signs((n, c, 1, 1), gen, x)).clamp(0.0, 1.0)
+            redraw = torch.where(_coins((n, c, 1, 1), gen, a.x.device), a.hi, a.lo)
             new = torch.where(same[:, None, None, None], redraw, new)
-        return torch.where(mask, new, x_best)
+            cand = torch.where(mask, new, a.best)
+        return cand
+
+    def _window_tables(self, h: int, w: int, s: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Boolean tables (h - s + 1, h) and (w - s + 1, w): row ``v`` marks ``v .. v + s - 1``
+        (a square's rows / columns from its corner), built once per side ``s``."""
+        key = (h, w, s)
+        if key not in self._tables:
+            tabs = []
+            for size in (h, w):
+                start = torch.arange(size - s + 1, device=device)[:, None]
+                i = torch.arange(size, device=device)[None, :]
+                tabs.append((i >= start) & (i < start + s))
+            self._tables[key] = (tabs[0], tabs[1])
+        return self._tables[key]
 
     # ---------------------------------------------------------------- L2
     @staticmethod
