@@ -201,6 +201,7 @@ class FastAttack(Ensemble):
                 robust[hit] = False
                 broken_by[hit] = ai
             per_attack.append(_stage_record(label, n_in, int(robust.sum()), n, t0))
+        self.last_margin = margin  # DLR-normalised margin at the best point found, per sample
         return EnsembleResult(
             x_adv=x_adv,
             clean_correct=clean,
