@@ -91,3 +91,45 @@ def test_presets_run_square_in_float32_by_default() -> None:
         assert squares and all(kw["precision"] == "float32" for kw in squares)
     squares = [a for _, a in FastAttack(eps=0.3).attacks if isinstance(a, Square)]
     assert squares and all(a.precision == "float32" for a in squares)
+
+
+def test_square_budget_scales_with_closeness() -> None:
+    fast = FastAttack(eps=0.3, n_queries=5000, full_margin=0.1)
+    b = fast.square_budgets(torch.tensor([1e-6, 0.05, 0.1, 0.2, 0.5, 10.0, 1e6]))
+    assert b.tolist() == [5000, 5000, 5000, 2500, 1000, 50, 1]
+
+
+def test_fast_spends_square_budgets_on_the_closest_fraction(trades: nn.Module, shared_data) -> None:
+    """Square-close attacks ceil(square_fraction * survivors) points, the closest by the
+    DLR-normalised margin, each with at most its budget; fast is no weaker than its first
+    stage alone (the same APGD-CE call on the same points)."""
+    from robustlab.attacks.apgd import APGD
+
+    x, y = _mnist(shared_data, 24)
+    x_copy = x.clone()
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+    atk = FastAttack(eps=0.3, steps=5, n_targets=2, n_queries=40, square_fraction=0.25)
+    sq = [a for _, a in atk.attacks if isinstance(a, Square)][0]
+    orig = sq.attack_with_budgets
+
+    def spy(model, xc, yc, budgets):
+        out = orig(model, xc, yc, budgets)
+        calls.append((budgets.clone(), sq.queries.clone()))
+        return out
+
+    sq.attack_with_budgets = spy  # type: ignore[method-assign]
+    res = atk.run(trades, x, y)
+    rec = {p["attack"]: p for p in res.per_attack}
+    survivors = rec["apgd-t-malt"]["attacked"] - rec["apgd-t-malt"]["broken"]
+    assert survivors >= 4  # not vacuous
+    budgets = torch.cat([b for b, _ in calls])
+    queries = torch.cat([q for _, q in calls])
+    assert budgets.numel() == -(-survivors // 4)  # ceil(0.25 * survivors)
+    assert bool((queries <= budgets).all()) and bool((budgets >= 1).all())
+    assert torch.equal(x, x_copy)
+    assert float((res.x_adv - x).abs().amax()) <= 0.3 + 1e-6
+    # the first 24 test images are all correct: fast's APGD-CE stage is this very call
+    ce = APGD(eps=0.3, steps=5, loss="ce", seed=0)(trades, x, y)
+    with torch.no_grad():
+        ce_robust = trades(ce).argmax(1) == y
+    assert bool((res.robust_correct <= ce_robust).all())

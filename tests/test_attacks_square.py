@@ -239,3 +239,35 @@ def test_square_channels_last_input_gives_the_same_result() -> None:
     x_cl = x.contiguous(memory_format=torch.channels_last)
     b = Square(eps=0.2, n_queries=40, seed=1)(model, x_cl, y)
     assert torch.equal(a, b)  # same draws, same decisions: exact
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.3), ("l2", 3.0)])
+def test_square_budgets_cap_each_points_queries(norm: str, eps: float) -> None:
+    model, x, y = _standard_mlp()
+    x, y = x[:16], y[:16]
+    x_copy = x.clone()
+    sq = Square(eps=eps, norm=norm, n_queries=80, seed=3)
+    full = sq(model, x, y)
+    q_full = sq.queries.clone()
+    # every point at n_queries: the unbudgeted run, bit for bit
+    same = sq.attack_with_budgets(model, x, y, torch.full((16,), 80))
+    assert torch.equal(same, full) and torch.equal(sq.queries, q_full)
+    budgets = torch.tensor([1, 2, 5, 10, 40, 80, 3, 7] * 2)
+    adv = sq.attack_with_budgets(model, x, y, budgets)
+    q = sq.queries
+    assert bool((q <= budgets).all())
+    with torch.no_grad():
+        robust = model(adv).argmax(1) == y
+        clean = model(x).argmax(1) == y
+    # a point still correct spent exactly its budget; one that stopped early is broken
+    assert torch.equal(q[robust & clean], budgets[robust & clean])
+    assert bool((~robust[clean & (q < budgets)]).all())
+    assert bool((robust & clean).any()) and bool((clean & (q < budgets)).any())  # not vacuous
+    assert torch.equal(x, x_copy) and not adv.requires_grad
+    assert bool((make_threat(norm, eps).distance(adv, x) <= eps * (1 + 1e-5)).all())
+    assert float(adv.min()) >= 0 and float(adv.max()) <= 1
+    assert sq._budgets is None  # the next plain call is unbudgeted again
+    with pytest.raises(RobustlabError, match="budgets"):
+        sq.attack_with_budgets(model, x, y, torch.full((16,), 81))
+    with pytest.raises(RobustlabError, match="budgets"):
+        sq.attack_with_budgets(model, x, y, torch.full((15,), 5))

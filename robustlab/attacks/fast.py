@@ -9,18 +9,24 @@ the points still robust (like every :class:`~robustlab.attacks.autoattack.Ensemb
    linearised distance to class ``k``'s boundary, ``(z_y - z_k) / ||grad(z_y - z_k)||_*``
    (``*`` the dual norm of the threat model), instead of AutoAttack's logit order over 9
    targets. The candidates are the ``candidates`` (20) most likely other classes.
-3. ``square-close``: Square (5000 queries, as in AutoAttack) only on the ``square_fraction``
-   (a fifth) of the surviving points that the white-box stages brought closest to the boundary
-   (smallest DLR-normalised margin ``(z_y - max_{k != y} z_k) / (z_pi1 - z_pi3)`` at the best
-   point found), in the spirit of A3's dropping of hopeless points (Liu et al. CVPR 2022).
+3. ``square-close``: Square (AutoAttack's schedule) only on the ``square_fraction`` (a tenth)
+   of the surviving points that the white-box stages brought closest to the boundary
+   (smallest DLR-normalised margin ``m = (z_y - max_{k != y} z_k) / (z_pi1 - z_pi3)`` at the
+   best point found), in the spirit of A3's dropping of hopeless points (Liu et al. CVPR
+   2022), each with a query budget that scales with how close it came: ``n_queries`` (5000,
+   AutoAttack's) within ``full_margin`` (0.1) of the boundary, ``n_queries * full_margin / m``
+   beyond (:meth:`FastAttack.square_budgets`). Chosen on MNIST/CIFAR-10 test images
+   1000-1199 (``bench/fast_square_study.py``): Square on every survivor broke 3 of 180 TRADES
+   points, at closeness ranks 0.6-3.3% after 1146-2828 queries (margin x queries <= 245, the
+   budget allows 500), and none of 162 LeNet / 29 CIFAR survivors.
    ``square_precision="bf16"`` (opt-in) runs Square's queries under bf16 autocast and
    re-checks every success in float32 (see :class:`~robustlab.attacks.square.Square`); the
    default is float32, because bf16 changes the search path and can miss points.
 
 No FAB-T stage. When to use which: AutoAttack standard for numbers compared with the
 literature; ``fast`` for model selection, sweeps and monitoring, where it was measured at
-least as strong as AutoAttack standard on every model of ``bench/bench_eval.py`` in 0.22-0.31x
-its CPU time (see docs/evaluation.md). It is not a replacement for adaptive attacks.
+least as strong as AutoAttack standard on every model of ``bench/bench_eval.py`` (see
+docs/evaluation.md for its CPU time). It is not a replacement for adaptive attacks.
 """
 
 from __future__ import annotations
@@ -135,7 +141,8 @@ def _logits(model: nn.Module, x: Tensor, bs: int) -> Tensor:
 @register_attack("fast")
 class FastAttack(Ensemble):
     """The ``fast`` preset (see the module docstring); ``steps``, ``n_targets``, ``n_queries``,
-    ``square_fraction`` and ``square_precision`` ("float32" or "bf16") are its knobs."""
+    ``square_fraction``, ``full_margin`` and ``square_precision`` ("float32" or "bf16") are
+    its knobs."""
 
     name = "fast"
 
@@ -147,7 +154,8 @@ class FastAttack(Ensemble):
         steps: int = 100,
         n_targets: int = 3,
         n_queries: int = 5000,
-        square_fraction: float = 0.2,
+        square_fraction: float = 0.1,
+        full_margin: float = 0.1,
         square_precision: str = "float32",
         seed: int | None = 0,
         batch_size: int | None = None,
@@ -158,6 +166,8 @@ class FastAttack(Ensemble):
         th = resolve_threat(threat, eps, norm)
         if not (isinstance(square_fraction, (int, float)) and 0.0 <= square_fraction <= 1.0):
             raise RobustlabError(f"square_fraction must be in [0, 1], got {square_fraction!r}")
+        if not (isinstance(full_margin, (int, float)) and full_margin > 0):
+            raise RobustlabError(f"full_margin must be a positive number, got {full_margin!r}")
         attacks: list[tuple[str, Attack]] = [
             ("apgd-ce", APGD(threat=th, steps=steps, loss="ce", seed=seed)),
             ("apgd-t-malt", MALTAPGDT(threat=th, steps=steps, n_targets=n_targets, seed=seed)),
@@ -172,7 +182,8 @@ class FastAttack(Ensemble):
             )
             attacks.append(("square-close", sq))
         super().__init__(attacks, th, seed, batch_size, None, progress)
-        self.square_fraction = float(square_fraction)
+        self.square_fraction, self.full_margin = float(square_fraction), float(full_margin)
+        self.n_queries = n_queries
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor) -> EnsembleResult:
         n = x.shape[0]
@@ -188,11 +199,13 @@ class FastAttack(Ensemble):
             t0 = time.perf_counter()
             n_in = int(robust.sum())
             todo = robust.nonzero().squeeze(1)
+            fn = partial(attack, model)
             if label == "square-close" and todo.numel():
-                k = math.ceil(self.square_fraction * todo.numel())
-                todo = todo[margin[todo].argsort(stable=True)[:k]].sort().values
+                todo, fn, y_in = self._square_plan(attack, model, todo, margin, y)
+            else:
+                y_in = y
             if todo.numel():
-                adv = self.run_chunks(partial(attack, model), x, y, todo, label)
+                adv = self.run_chunks(fn, x, y_in, todo, label)
                 z = _logits(model, adv, bs)
                 wrong = z.argmax(1) != y[todo]
                 margin[todo] = torch.minimum(margin[todo], normalized_margin(z, y[todo]))
@@ -210,6 +223,29 @@ class FastAttack(Ensemble):
             attacks=[a for a, _ in self.attacks],
             per_attack=per_attack,
         )
+
+    def square_budgets(self, margin: Tensor) -> Tensor:
+        """Square's query budget for points at DLR-normalised margin ``margin``:
+        ``n_queries`` within ``full_margin`` of the boundary, ``n_queries * full_margin /
+        margin`` (rounded up) beyond it."""
+        scaled = torch.ceil(self.n_queries * self.full_margin / margin.clamp_min(1e-12))
+        return scaled.clamp(1, self.n_queries).long()
+
+    def _square_plan(
+        self, attack: Attack, model: nn.Module, todo: Tensor, margin: Tensor, y: Tensor
+    ) -> tuple[Tensor, Any, Tensor]:
+        """The closest ``square_fraction`` of ``todo``, a function running Square on them with
+        :meth:`square_budgets`, and the labels to pass it: ``(label, budget)`` rows, so that
+        each chunk of :meth:`run_chunks` carries its points' budgets."""
+        assert isinstance(attack, Square)
+        k = math.ceil(self.square_fraction * todo.numel())
+        todo = todo[margin[todo].argsort(stable=True)[:k]].sort().values
+        y_in = torch.stack([y, self.square_budgets(margin).to(y.device)], 1)
+
+        def run(xc: Tensor, yb: Tensor) -> Tensor:
+            return attack.attack_with_budgets(model, xc, yb[:, 0], yb[:, 1])
+
+        return todo, run, y_in
 
     def __repr__(self) -> str:
         return f"FastAttack({self.threat!r}, {[a for a, _ in self.attacks]})"

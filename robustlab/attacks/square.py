@@ -116,15 +116,23 @@ class _Active:
     m: Tensor
     lo: Tensor | None
     hi: Tensor | None
+    limit: Tensor | None  # per-point query budgets, or None (n_queries for all)
 
     @classmethod
     def start(
-        cls, x: Tensor, y: Tensor, eps: Tensor, best: Tensor, m: Tensor, linf: bool
+        cls,
+        x: Tensor,
+        y: Tensor,
+        eps: Tensor,
+        best: Tensor,
+        m: Tensor,
+        linf: bool,
+        limit: Tensor | None,
     ) -> _Active:
         e = eps[:, None, None, None]
         lo, hi = ((x - e).clamp(0.0, 1.0), (x + e).clamp(0.0, 1.0)) if linf else (None, None)
-        act = cls(torch.arange(x.shape[0], device=x.device), x, y, eps, best, m, lo, hi)
-        live = m > 0
+        act = cls(torch.arange(x.shape[0], device=x.device), x, y, eps, best, m, lo, hi, limit)
+        live = (m > 0) if limit is None else (m > 0) & (limit > 1)
         return act if bool(live.all()) else act.keep(live.nonzero().squeeze(1))
 
     def keep(self, k: Tensor) -> _Active:
@@ -205,6 +213,7 @@ class Square(Attack):
         self.rescale_schedule = bool(rescale_schedule)
         self.precision = precision
         self.queries: Tensor | None = None  # per-sample queries used by the last call
+        self._budgets: Tensor | None = None  # per-sample query budgets (attack_with_budgets)
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
         if x.dim() != 4:
@@ -218,6 +227,25 @@ class Square(Attack):
             x_adv, queries = self._run(model, x, y, generator)
         self.queries = queries.clone()
         return x_adv.clone()  # a normal tensor again, usable by autograd downstream
+
+    def attack_with_budgets(
+        self, model: nn.Module, x: Tensor, y: Tensor, budgets: Tensor
+    ) -> Tensor:
+        """``self(model, x, y)`` with at most ``budgets[i]`` queries (an integer in
+        ``1 .. n_queries``, the initialisation included) for point ``i``; the schedule of ``p``
+        is the unbudgeted one, so a point's run is a truncated ``n_queries`` run."""
+        b = torch.as_tensor(budgets)
+        if b.shape != (x.shape[0],) or b.is_floating_point() or b.is_complex():
+            raise RobustlabError(
+                f"budgets must be {x.shape[0]} integers, got {b.dtype} {tuple(b.shape)}"
+            )
+        if b.numel() and (int(b.min()) < 1 or int(b.max()) > self.n_queries):
+            raise RobustlabError(f"budgets must be in 1..{self.n_queries} (n_queries)")
+        self._budgets = b.long()
+        try:
+            return self(model, x, y)
+        finally:
+            self._budgets = None
 
     def _run(
         self, model: nn.Module, x: Tensor, y: Tensor, gen: torch.Generator
@@ -237,9 +265,12 @@ class Square(Attack):
         x_best = self._init_linf(xs, eps, gen) if linf else self._init_l2(xs, eps, gen)
         m_best = self._margin(model, x_best, ys)
         q = torch.ones(xs.shape[0], dtype=torch.long, device=x.device)
-        act = _Active.start(xs, ys, eps, x_best, m_best, linf)
+        budget = None if self._budgets is None else self._budgets.to(x.device)[todo]
+        act = _Active.start(xs, ys, eps, x_best, m_best, linf, budget)
+        top = self.n_queries if budget is None else int(budget.max())
+        stops = set() if budget is None else set(budget.unique().tolist())
         self._tables: dict[tuple[int, int, int], tuple[Tensor, Tensor]] = {}
-        for it in range(1, self.n_queries):
+        for it in range(1, top):
             if act.pos.numel() == 0:
                 break
             # update it - 1 counted from 0 after the initialisation, as the reference counts
@@ -252,14 +283,17 @@ class Square(Attack):
             act.best = torch.where((m_new < act.m)[:, None, None, None], cand, act.best)
             act.m = torch.minimum(m_new, act.m)
             done = m_new <= 0
-            if bool(done.any()):  # some points just crossed: write them out, drop them
+            if it + 1 in stops:  # some points have spent their budget
+                assert act.limit is not None
+                done = done | (act.limit <= it + 1)
+            if bool(done.any()):  # write out the points that crossed (or are spent), drop them
                 gone = done.nonzero().squeeze(1)
                 x_best[act.pos[gone]] = act.best[gone]
                 q[act.pos[gone]] = it + 1
                 act = act.keep((~done).nonzero().squeeze(1))
         if act.pos.numel():  # still robust: every query spent
             x_best[act.pos] = act.best
-            q[act.pos] = self.n_queries
+            q[act.pos] = top
         x_adv[todo] = x_best
         queries[todo] = q
         return x_adv, queries
