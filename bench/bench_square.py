@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -52,6 +53,42 @@ def _models(args: argparse.Namespace) -> list[tuple[str, nn.Module, str, float, 
         label = f"{cfg.model.name} ({cfg.data.dataset}, {run})"
         out.append((label, rm.eval(), cfg.data.dataset, eps, 10 * eps))
     return out
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the aten operators Square dispatches outside the model's forward passes (on a
+    GPU each is at least one kernel launch): the attack's own per-query work."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops, self.in_model = 0, False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        if not self.in_model:
+            self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+class _Flagged(nn.Module):
+    def __init__(self, model: nn.Module, counter: _OpCounter) -> None:
+        super().__init__()
+        self.model, self.counter = model, counter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.counter.in_model = True
+        try:
+            return self.model(x)
+        finally:
+            self.counter.in_model = False
+
+
+def ops_per_query(cls: type, kw: dict, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Operators dispatched by the attack itself per query batch (model forwards excluded)."""
+    counter = _OpCounter()
+    with counter:
+        atk = cls(**kw)
+        atk(_Flagged(model, counter).eval(), x, y)
+    return round(counter.ops / kw["n_queries"], 1)
 
 
 def _time(attack: Square, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple:
@@ -95,16 +132,22 @@ def main() -> None:
             identical &= torch.equal(adv_ref, adv_new) and torch.equal(q_ref, q_new)
             q_total = int(q_new.sum())
         best = {k: min(v) for k, v in cpu.items()}
+        small = {**kw, "n_queries": 200}
+        ops = {
+            "reference": ops_per_query(ReferenceSquare, small, model, x, y),
+            "current": ops_per_query(Square, small, model, x, y),
+        }
         entry = {
             "model": label, "eps": eps, "n": args.n, "queries_spent": q_total,
             "cpu_seconds": cpu, "identical": identical,
             "ms_per_query_batch": {k: round(1e3 * v / args.queries, 3) for k, v in best.items()},
             "current_vs_reference": round(best["current"] / best["reference"], 3),
+            "attack_ops_per_query_batch_first_200": ops,
         }  # fmt: skip
         result["models"].append(entry)
         print(f"  {label}: reference {best['reference']:.2f} CPU-s, current "
               f"{best['current']:.2f} CPU-s ({entry['current_vs_reference']}x), "
-              f"identical {identical}", flush=True)  # fmt: skip
+              f"identical {identical}; attack ops per query {ops}", flush=True)  # fmt: skip
     result["load_average_end"] = os.getloadavg()
     write_json(args.out, result)
     print(json.dumps(result, indent=1))
