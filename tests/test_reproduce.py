@@ -281,12 +281,48 @@ def test_submitit_launcher_local_executor(tmp_path) -> None:
     from robustlab.reproduce import reproduce
 
     rd = tmp_path / "root"
-    out = reproduce("toy", "tiny", [0], rd, jobs=2, launcher="slurm", cluster="local", echo=False)
+    out = reproduce(
+        "toy",
+        "tiny",
+        [0],
+        rd,
+        jobs=2,
+        launcher="slurm",
+        cluster="local",
+        slurm={"timeout_min": 30, "slurm_partition": "gpu"},  # slurm_* is ignored by local
+        echo=False,
+    )
     assert [c["id"] for c in out["toy"]] == ["T1"]
     assert {p.parent.name for p in (rd / "runs").glob("*/summary.json")} == {"a-s0", "b-s0", "c-s0"}
     assert list((rd / "submitit").iterdir())  # the jobs went through submitit
     log = [json.loads(line) for line in (rd / "reproduce.jsonl").read_text().splitlines()]
     assert sum(r["event"] == "done" for r in log) == 6  # 3 trainings + 3 evaluations
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--slurm", "gpus_per_node"],  # no value
+        ["--slurm", "gpus per node=1"],  # not a name
+        ["--slurm", "gpus_per_node=1"],  # without --launcher slurm
+    ],
+)
+def test_bad_slurm_parameters_fail_before_any_run(tmp_path, capsys, extra) -> None:
+    """A malformed --slurm item, or one without --launcher slurm: one line, nothing written."""
+    rd = tmp_path / "root"
+    args = ["reproduce", "uncertainty", "--seeds", "0", "--run-dir", str(rd), *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--slurm" in err
+    assert not rd.exists()
+
+
+def test_slurm_parameters_parse() -> None:
+    from robustlab.reproduce.runner import parse_slurm_params
+
+    got = parse_slurm_params(["slurm_partition=gpu", "gpus_per_node=1", "timeout_min = 90"])
+    assert got == {"slurm_partition": "gpu", "gpus_per_node": 1, "timeout_min": 90}
+    assert parse_slurm_params(None) == {}
 
 
 def test_missing_dataset_fails_before_any_run(tmp_path, capsys, monkeypatch) -> None:

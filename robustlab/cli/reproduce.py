@@ -24,6 +24,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (default 1)")
     p.add_argument("--launcher", default="local", help="local | slurm (submitit)")
     p.add_argument(
+        "--slurm",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a submitit parameter for --launcher slurm, repeatable: slurm_partition=gpu, "
+        "gpus_per_node=1, cpus_per_task=8, timeout_min=120 (default timeout_min=240)",
+    )
+    p.add_argument(
         "--data-dir",
         default=None,
         help="root of the datasets (default: $ROBUSTLAB_DATA, else the per-user cache)",
@@ -33,9 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustlab.reproduce.runner import parse_seeds, reproduce
+    from robustlab.reproduce.runner import parse_seeds, parse_slurm_params, reproduce
 
     seeds = parse_seeds(args.seeds)
+    slurm = parse_slurm_params(args.slurm)
     if args.data_dir is not None:
         # the runs (in this process, worker processes or Slurm jobs) read the root from here
         os.environ["ROBUSTLAB_DATA"] = os.path.abspath(args.data_dir)
@@ -46,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         run_dir=args.run_dir,
         jobs=args.jobs,
         launcher=args.launcher,
+        slurm=slurm,
         dry_run=args.dry_run,
     )
     return 0

@@ -99,7 +99,9 @@ def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float, float]:
     return out, time.perf_counter() - t0, time.process_time() - c0
 
 
-def _make_executor(launcher: str, jobs: int, folder: Path, cluster: str | None) -> Any:
+def _make_executor(
+    launcher: str, jobs: int, folder: Path, cluster: str | None, params: dict[str, Any]
+) -> Any:
     if launcher == "local":
         if jobs <= 1:
             return None
@@ -109,7 +111,7 @@ def _make_executor(launcher: str, jobs: int, folder: Path, cluster: str | None) 
     except ImportError:
         raise RobustlabError("--launcher slurm needs submitit (pip install submitit)") from None
     ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
-    ex.update_parameters(timeout_min=240, slurm_array_parallelism=max(jobs, 1))
+    ex.update_parameters(**{"timeout_min": 240, "slurm_array_parallelism": max(jobs, 1), **params})
     return ex
 
 
@@ -124,7 +126,13 @@ def _run_all(
     for the calls that failed (a user error or a diverged run does not stop the others)."""
     if not calls:
         return {}
-    ex = _make_executor(launcher, jobs, ctx.root / "submitit", ctx.options.get("cluster"))
+    ex = _make_executor(
+        launcher,
+        jobs,
+        ctx.root / "submitit",
+        ctx.options.get("cluster"),
+        ctx.options.get("slurm", {}),
+    )
     failures: dict[str, str] = {}
 
     def failed(label: str, e: BaseException) -> None:

@@ -30,7 +30,14 @@ from robustlab.reproduce.plan import (
     resolve_papers,
 )
 
-__all__ = ["reproduce", "parse_seeds", "check_run_root", "check_datasets", "plan_text"]
+__all__ = [
+    "reproduce",
+    "parse_seeds",
+    "parse_slurm_params",
+    "check_run_root",
+    "check_datasets",
+    "plan_text",
+]
 
 LAUNCHERS = ("local", "slurm")
 
@@ -45,6 +52,19 @@ def parse_seeds(text: str) -> list[int]:
     if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds) or not seeds:
         raise ReproduceError(f"--seeds must be distinct non-negative integers, got {text!r}")
     return seeds
+
+
+def parse_slurm_params(items: list[str] | None) -> dict[str, int | str]:
+    """``["slurm_partition=gpu", "gpus_per_node=1"]`` -> submitit executor parameters
+    (integers where the value is one). Bad items are an error before any work."""
+    out: dict[str, int | str] = {}
+    for item in items or []:
+        key, sep, value = str(item).partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key.isidentifier() or not value:
+            raise ReproduceError(f"--slurm takes KEY=VALUE (e.g. gpus_per_node=1), got {item!r}")
+        out[key] = int(value) if value.lstrip("-").isdigit() else value
+    return out
 
 
 def check_run_root(path: Path) -> None:
@@ -134,23 +154,30 @@ def reproduce(
     launcher: str = "local",
     dry_run: bool = False,
     cluster: str | None = None,
+    slurm: dict[str, int | str] | None = None,
     echo: bool = True,
     command: str | None = None,
 ) -> dict[str, Any]:
-    """Reproduce ``paper`` (or ``all``); returns ``{paper: [claim dicts]}`` ({} for a dry run)."""
+    """Reproduce ``paper`` (or ``all``); returns ``{paper: [claim dicts]}`` ({} for a dry run).
+
+    ``slurm``: submitit executor parameters for ``launcher="slurm"`` (partition, GPUs per
+    node, time limit, ...), on top of the defaults ``timeout_min=240`` and one array slot per
+    ``jobs``."""
     if scale not in ALL_SCALES:
         raise ReproduceError(f"unknown scale {scale!r}; choose one of {SCALES}")
     if launcher not in LAUNCHERS:
         raise ReproduceError(f"unknown launcher {launcher!r}; choose one of {LAUNCHERS}")
     if not isinstance(jobs, int) or jobs < 1:
         raise ReproduceError(f"--jobs must be a positive integer, got {jobs!r}")
+    if slurm and launcher != "slurm":
+        raise ReproduceError("--slurm parameters need --launcher slurm")
     papers = resolve_papers(paper)
     for p in papers:
         p.check_scale(scale)
     seeds = list(seeds) if seeds is not None else [0, 1, 2]
     root = Path(run_dir) if run_dir is not None else Path("runs") / f"reproduce-{scale}"
     check_run_root(root)
-    ctx = PlanContext(scale, seeds, root.resolve(), {"cluster": cluster})
+    ctx = PlanContext(scale, seeds, root.resolve(), {"cluster": cluster, "slurm": slurm or {}})
     for p in papers:
         p.check_ready(ctx)
     specs = merge_runs(papers, ctx)
