@@ -125,6 +125,7 @@ def run_robustlab(model: nn.Module, x, y, attack, bs: int, profile: bool) -> dic
         "seconds": round(time.perf_counter() - t0, 2),
         "cpu_seconds": round(time.process_time() - c0, 2),
         "robust_correct": sum(r["robust_correct"] for r in res.records),
+        "robust_mask": "".join("1" if r["robust_correct"] else "0" for r in res.records),
         "robust_accuracy": res.robust_accuracy,
         "clean_accuracy": res.clean_accuracy,
         "per_attack": [
@@ -152,7 +153,8 @@ def run_reference(model: nn.Module, x, y, eps: float, bs: int) -> dict:
         adv = ref.run_standard_evaluation(x, y, bs=bs)
     sec, cpu = time.perf_counter() - t0, time.process_time() - c0
     with torch.no_grad():
-        correct = int((model(adv).argmax(1) == y).sum())
+        mask = model(adv).argmax(1) == y
+    correct = int(mask.sum())
     acc = correct / len(y)
     comps, prev = [], 0.0
     for name, acc_after, total in _LOG.findall(buf.getvalue()):
@@ -166,6 +168,7 @@ def run_reference(model: nn.Module, x, y, eps: float, bs: int) -> dict:
         prev = float(total)
     fwd = sum(c[1] for c in timed.calls)
     return {"seconds": round(sec, 2), "cpu_seconds": round(cpu, 2), "robust_correct": correct,
+            "robust_mask": "".join("1" if v else "0" for v in mask.tolist()),
             "robust_accuracy": acc, "components": comps, "forward_s": round(fwd, 2)}  # fmt: skip
 
 
@@ -204,6 +207,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--order", default="reference,standard,fast")
     ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--tag", default="", help="suffix of robustlab's evaluation names (e.g. "
+                    "-before: another checkout's robustlab on PYTHONPATH)")  # fmt: skip
     ap.add_argument("--data-dir", default=str(SHARED / "data"))
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "eval.json"))
     args = ap.parse_args()
@@ -230,8 +235,10 @@ def main() -> None:
                     )
                     r = run_robustlab(model, x, y, atk, args.batch_size, profile=rep == 0)
                 runs[kind].append(r)
+                r["robustlab"] = str(Path(sys.modules["robustlab"].__file__).parent)
                 print(f"  {label} | {kind}: {r['seconds']} s, robust {r['robust_accuracy']:.3f}",
                       flush=True)  # fmt: skip
+        runs = {k if k == "reference" else k + args.tag: v for k, v in runs.items()}
         entry: dict[str, Any] = {"model": label, "eps": eps, "runs": runs}
         entry["images"] = [args.start, args.start + args.n]
         entry["cpu_seconds_min"] = {k: min(r["cpu_seconds"] for r in v) for k, v in runs.items()}

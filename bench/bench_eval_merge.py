@@ -46,9 +46,8 @@ def main() -> None:
     for model, kinds in agg.items():
         ref = kinds.get("reference", {}).get("cpu_seconds")
         std = kinds.get("standard", {}).get("cpu_seconds")
-        for kind in ("reference", "standard", "fast"):
-            if kind not in kinds:
-                continue
+        first = ("reference", "standard", "fast")  # then tagged ones (bench_eval.py --tag)
+        for kind in [k for k in first if k in kinds] + sorted(set(kinds) - set(first)):
             a = kinds[kind]
             a["robust_accuracy"] = a["robust_correct"] / a["n"]
             r1 = f"{a['cpu_seconds'] / ref:.2f}x" if ref else "-"

@@ -286,7 +286,9 @@ def apgd_targeted(
 
     Targets are run ``target_batch`` at a time (default: as many as fit in 128 rows on a CPU,
     4096 on a GPU); a sample leaves as soon as one target breaks it, and later target chunks
-    only run on unbroken samples.
+    only run on unbroken samples. With a ``generator``, target ``j``'s random starts come from
+    a generator of their own (seeded from ``generator``), so the starts, and with them which
+    samples break, do not depend on how the targets are batched (CPU and GPU defaults differ).
     """
     n = x.shape[0]
     with torch.no_grad():
@@ -306,6 +308,7 @@ def apgd_targeted(
     out = x.clone()
     broken = torch.zeros(n, dtype=torch.bool, device=x.device)
     loss_best = torch.full((n,), float("-inf"), device=x.device)
+    starts = _TargetStarts(x, threat, generator)
     for j0 in range(0, n_targets, tb):
         todo = (~broken).nonzero().squeeze(1)
         if todo.numel() == 0:
@@ -329,6 +332,7 @@ def apgd_targeted(
             generator=generator,
             groups=grp,
             early_stop=early_stop,
+            x_init=starts.rows(range(j0, j0 + nt), todo),
         )
         hit = res.broken.reshape(nt, -1)
         lb = res.loss_best.reshape(nt, -1)
@@ -342,6 +346,26 @@ def apgd_targeted(
         loss_best[todo] = torch.maximum(loss_best[todo], lb.max(0).values)
         broken[todo] = hit.any(0)
     return APGDResult(out, broken, loss_best)
+
+
+class _TargetStarts:
+    """APGD-T's random starts: target ``j`` draws every sample's start from a generator seeded
+    with ``base + j`` (``base`` drawn once from ``generator``), then keeps the rows it runs."""
+
+    def __init__(self, x: Tensor, threat: ThreatModel, generator: torch.Generator | None) -> None:
+        self.x, self.threat, g = x, threat, generator
+        self.base = (
+            None if g is None else int(torch.randint(2**62, (1,), generator=g, device=g.device))
+        )
+
+    def rows(self, targets: range, todo: Tensor) -> Tensor | None:
+        if self.base is None:
+            return None  # global RNG: APGD draws its own starts
+        out = []
+        for j in targets:
+            g = torch.Generator(device=self.x.device).manual_seed(self.base + j)
+            out.append(self.threat.random_start(self.x, g)[todo])
+        return torch.cat(out)
 
 
 class _APGDBase(Attack):
@@ -466,18 +490,8 @@ class APGDT(_APGDBase):
     def _single(
         self, model: nn.Module, x: Tensor, y: Tensor, th: ThreatModel, g: torch.Generator
     ) -> APGDResult:
-        return apgd_targeted(
-            model,
-            x,
-            y,
-            th,
-            self.n_targets,
-            self.steps,
-            self.eot_iter,
-            self.rho,
-            g,
-            self.target_batch,
-        )
+        kw = {"eot_iter": self.eot_iter, "rho": self.rho, "target_batch": self.target_batch}
+        return apgd_targeted(model, x, y, th, self.n_targets, self.steps, generator=g, **kw)
 
     def __repr__(self) -> str:
         return (

@@ -188,9 +188,7 @@ class _Problem:
         return val, grad
 
 
-# --------------------------------------------------------------------------------------------
-# The solver.
-# --------------------------------------------------------------------------------------------
+# ---- The solver. ----------------------------------------------------------------------------
 
 
 def _as_vector(v: float | Tensor | None, n: int, like: Tensor, name: str) -> Tensor | None:
@@ -321,12 +319,21 @@ def boundary_search(
         bx, bd = runs.solve(
             prob, xf_all[idx], y[idx], tt, best_x[idx], best_d[idx], radius, ref_eps[idx]
         )
-        if refine_steps > 0:
-            bx, bd = _refine(prob, xf_all[idx], y[idx], tt, bx, bd, refine_steps)
         best_x[idx], best_d[idx] = bx, bd
+        if refine_steps > 0:  # only rows with a point to refine (a no-op on the others)
+            fin = idx[torch.isfinite(bd)]
+            if fin.numel():
+                tf = t_all[fin] if t_all is not None else None
+                bx, bd = best_x[fin], best_d[fin]
+                bx, bd = _refine(prob, xf_all[fin], y[fin], tf, bx, bd, refine_steps)
+                best_x[fin], best_d[fin] = bx, bd
 
-    # Verify every returned point with a fresh forward pass.
-    phi_final = prob.evaluate(best_x, y, t_all)
+    # Verify every returned point with a fresh forward pass (rows without one keep phi_clean).
+    phi_final = phi_clean.clone()
+    fin = torch.isfinite(best_d).nonzero().squeeze(1)
+    if fin.numel():
+        tf = t_all[fin] if t_all is not None else None
+        phi_final[fin] = prob.evaluate(best_x[fin], y[fin], tf)
     found = torch.isfinite(best_d) & prob.success(phi_final)
     if max_r is not None:
         found &= best_d <= max_r
@@ -430,11 +437,14 @@ def _fab_run(
             x0, y, xc, best_x, best_d = x0[rows], y[rows], xc[rows], best_x[rows], best_d[rows]
             t = t if t is None else t[rows]
         val, grad = prob.linearize(xc, y, t)
-        # Linearised boundary through xc: val + <grad, z - xc> = 0. Project xc and x0 onto it.
-        d_cur = project_hyperplane_box(threat, xc, grad, -val)
-        c_orig = -(val + (grad * (x0 - xc)).sum(1))
-        d_orig = project_hyperplane_box(threat, x0, grad, c_orig)
-        n_cur, n_orig = threat.norm(d_cur), threat.norm(d_orig)
+        # Linearised boundary through xc: val + <grad, z - xc> = 0. Project xc and x0 onto it
+        # (one call on 2n rows: the projection is per row, half the calls of two).
+        c_orig, n = -(val + (grad * (x0 - xc)).sum(1)), xc.shape[0]
+        p_both, w_both = torch.cat([xc, x0]), torch.cat([grad, grad])
+        d_both = project_hyperplane_box(threat, p_both, w_both, torch.cat([-val, c_orig]))
+        d_cur, d_orig = d_both[:n], d_both[n:]
+        norms = threat.norm(d_both)
+        n_cur, n_orig = norms[:n], norms[n:]
         alpha = (n_cur / (n_cur + n_orig).clamp_min(1e-12)).clamp(0.0, alpha_max)[:, None]
         xc = ((1 - alpha) * (xc + eta * d_cur) + alpha * (x0 + eta * d_orig)).clamp(0.0, 1.0)
         hit = prob.success(prob.guarded(xc, y, t))
