@@ -270,6 +270,9 @@ class Square(Attack):
         top = self.n_queries if budget is None else int(budget.max())
         stops = set() if budget is None else set(budget.unique().tolist())
         self._tables: dict[tuple[int, int, int], tuple[Tensor, Tensor]] = {}
+        # Every Linf value in a square and in the best point is exactly clamp(x -+ eps), so
+        # for eps >= 1e-5 "the square would not change" (|difference| < 1e-7) is equality.
+        self._exact_same = linf and bool(eps.min() >= 1e-5)
         for it in range(1, top):
             if act.pos.numel() == 0:
                 break
@@ -280,7 +283,7 @@ class Square(Attack):
             else:
                 cand = self._step_l2(act.x, act.best, act.eps, p, gen)
             m_new = self._margin(model, cand, act.y)
-            act.best = torch.where((m_new < act.m)[:, None, None, None], cand, act.best)
+            act.best = torch.where((m_new < act.m).view(-1, 1, 1, 1), cand, act.best)
             act.m = torch.minimum(m_new, act.m)
             done = m_new <= 0
             if it + 1 in stops:  # some points have spent their budget
@@ -326,16 +329,19 @@ class Square(Attack):
         rows, cols = self._window_tables(h, w, s, a.x.device)
         vh = torch.randint(0, h - s + 1, (n,), generator=gen, device=a.x.device)
         vw = torch.randint(0, w - s + 1, (n,), generator=gen, device=a.x.device)
-        mask = rows[vh][:, None, :, None] & cols[vw][:, None, None, :]  # (n, 1, h, w)
+        mask = rows[vh].view(n, 1, h, 1) & cols[vw].view(n, 1, 1, w)
         assert a.hi is not None and a.lo is not None
         new = torch.where(_coins((n, c, 1, 1), gen, a.x.device), a.hi, a.lo)
         cand = torch.where(mask, new, a.best)
         for _ in range(10):
-            same = (cand - a.best).abs().amax((1, 2, 3)) < 1e-7  # zero outside the square
+            if self._exact_same:  # zero outside the square
+                same = (cand == a.best).all((1, 2, 3))
+            else:
+                same = (cand - a.best).abs().amax((1, 2, 3)) < 1e-7
             if not bool(same.any()):
                 break
             redraw = torch.where(_coins((n, c, 1, 1), gen, a.x.device), a.hi, a.lo)
-            new = torch.where(same[:, None, None, None], redraw, new)
+            new = torch.where(same.view(-1, 1, 1, 1), redraw, new)
             cand = torch.where(mask, new, a.best)
         return cand
 
