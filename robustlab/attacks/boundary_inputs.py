@@ -16,12 +16,12 @@ from robustlab.attacks.base import AttackInputError
 from robustlab.attacks.threat import ThreatModel
 from robustlab.errors import RobustlabError
 
-__all__ = ["PhiFn"]
+__all__ = ["PhiFn", "as_vector", "check_params", "check_search_inputs"]
 
 PhiFn = Callable[[Tensor, Tensor], Tensor]  # per-sample phi(logits, y) -> (N,)
 
 
-def _as_vector(v: float | Tensor | None, n: int, like: Tensor, name: str) -> Tensor | None:
+def as_vector(v: float | Tensor | None, n: int, like: Tensor, name: str) -> Tensor | None:
     if v is None:
         return None
     out = torch.as_tensor(v, dtype=like.dtype, device=like.device).flatten()
@@ -34,7 +34,7 @@ def _as_vector(v: float | Tensor | None, n: int, like: Tensor, name: str) -> Ten
     return out.clone()
 
 
-def _check_params(steps: int, restarts: int, alpha_max: float, eta: float, beta: float) -> None:
+def check_params(steps: int, restarts: int, alpha_max: float, eta: float, beta: float) -> None:
     if int(steps) != steps or steps < 0:
         raise RobustlabError(f"steps must be a non-negative integer, got {steps!r}")
     if int(restarts) != restarts or restarts < 1:
@@ -47,7 +47,7 @@ def _check_params(steps: int, restarts: int, alpha_max: float, eta: float, beta:
         raise RobustlabError(f"beta (backward step) must be in (0, 1], got {beta!r}")
 
 
-def _check_search_inputs(
+def check_search_inputs(
     x: Tensor, y: Tensor, phi: PhiFn | None, threat: ThreatModel, targeted_class: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Validate the solver's inputs; returns detached ``x``, long ``y`` and the targets."""

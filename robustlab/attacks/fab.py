@@ -25,11 +25,11 @@ from robustlab.attacks.base import (
 from robustlab.attacks.boundary import (  # noqa: F401 - re-exported (older import paths)
     BoundaryResult,
     PhiFn,
-    _check_params,
     _sphere,
     boundary_search,
     hard_margin,
 )
+from robustlab.attacks.boundary_inputs import check_params
 from robustlab.attacks.projection import project_hyperplane_box  # noqa: F401 - re-exported
 from robustlab.attacks.threat import ThreatModel
 from robustlab.errors import RobustlabError
@@ -69,7 +69,7 @@ class FAB(Attack):
         seed: int | None = 0,
     ) -> None:
         super().__init__(resolve_threat(threat, eps, norm), seed)
-        _check_params(steps, restarts, alpha_max, eta, beta)
+        check_params(steps, restarts, alpha_max, eta, beta)
         self.steps, self.restarts = int(steps), int(restarts)
         self.alpha_max, self.eta, self.beta = alpha_max, eta, beta
         self.refine_steps = int(refine_steps)

@@ -96,12 +96,6 @@ def _coins(shape: tuple[int, ...], gen: torch.Generator, device: torch.device) -
     return torch.randint(0, 2, shape, generator=gen, device=device, dtype=torch.bool)
 
 
-def _hard_margin(logits: Tensor, y: Tensor) -> Tensor:
-    """:func:`~robustlab.attacks.boundary.hard_margin` in four kernels (bit-identical)."""
-    yy = y[:, None]
-    return logits.gather(1, yy).squeeze(1) - logits.scatter(1, yy, float("-inf")).amax(1)
-
-
 @dataclass
 class _Active:
     """The points Square still queries, compacted: every query works on these tensors whole
@@ -304,12 +298,12 @@ class Square(Attack):
     def _margin(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """Margins of queries ``x``; under bf16, rows that crossed are re-checked in float32."""
         if not getattr(self, "_bf16", False):
-            return _hard_margin(model(x), y)
+            return hard_margin(model(x), y)
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
-            m = _hard_margin(model(x).float(), y)
+            m = hard_margin(model(x).float(), y)
         crossed = (m <= 0).nonzero().squeeze(1)
         if crossed.numel():
-            m[crossed] = _hard_margin(model(x[crossed]).float(), y[crossed])
+            m[crossed] = hard_margin(model(x[crossed]).float(), y[crossed])
         return m
 
     # ---------------------------------------------------------------- Linf

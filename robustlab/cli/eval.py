@@ -12,23 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from robustlab.errors import RobustlabError
 
 _LAYER_NORMS = ("bn", "gn", "none")
 _THREAT_NORMS = ("linf", "l2", "l1")
-
-
-def _model_kw(items: list[str]) -> dict[str, Any]:
-    """Parse repeated ``KEY=VALUE`` options (values read as YAML scalars: 34, 0.3, true)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise RobustlabError(f"--model-kw expects KEY=VALUE, got {item!r}")
-        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
-    return out
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -266,7 +253,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]]:
     missing += ["--dataset"] if not args.dataset else []
     if missing:
         raise RobustlabError(f"give {', '.join(missing)} (or --run RUN_DIR)")
-    from robustlab.cli.third_party import load_with_warning
+    from robustlab.cli.third_party import load_with_warning, model_kw
     from robustlab.models import create_model, load_checkpoint
 
     model = create_model(
@@ -275,7 +262,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]]:
         norm=norm_layer,
         act=args.act,
         input_norm=args.input_norm,
-        **_model_kw(args.model_kw),
+        **model_kw(args.model_kw),
     )
     report, _ = load_with_warning(
         lambda: load_checkpoint(model, args.weights, remap=args.remap, key=args.checkpoint_key),

@@ -63,7 +63,9 @@ def add_import_options(p: argparse.ArgumentParser) -> None:
                    help="run directory to import into")  # fmt: skip
 
 
-def _model_kw(items: list[str]) -> dict[str, Any]:
+def model_kw(items: list[str]) -> dict[str, Any]:
+    """Parse repeated ``--model-kw KEY=VALUE`` options (values read as YAML scalars: 34, 0.3,
+    true); ``eval`` and the third-party import share it."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -100,7 +102,7 @@ def import_from_args(args: argparse.Namespace) -> Path | None:
         remap=args.remap,
         input_norm=args.input_norm or "auto",
         key=args.checkpoint_key,
-        model_kwargs=_model_kw(args.model_kw),
+        model_kwargs=model_kw(args.model_kw),
     )
     print(f"imported {args.weights} into {run} ({print_normalization(origin)})", file=sys.stderr)
     if origin.get("warning"):
