@@ -228,10 +228,12 @@ def main() -> None:
                 if kind == "reference":
                     r = run_reference(model, x, y, eps, args.batch_size)
                 else:
+                    base, _, prec = kind.partition("-")  # standard-bf16: bf16 passes
+                    prec = prec or "float32"
                     atk = (
-                        AutoAttack(eps=eps)
-                        if kind == "standard"
-                        else create_attack("fast", eps=eps)
+                        AutoAttack(eps=eps, precision=prec)
+                        if base == "standard"
+                        else create_attack("fast", eps=eps, precision=prec)
                     )
                     r = run_robustlab(model, x, y, atk, args.batch_size, profile=rep == 0)
                 runs[kind].append(r)

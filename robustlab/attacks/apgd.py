@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from robustlab.attacks.base import Attack, register_attack, resolve_threat
 from robustlab.attacks.core import Objective, make_objective
+from robustlab.attacks.precision import check_precision, confirm_wrong, passes, use_bf16
 from robustlab.attacks.threat import L1, ThreatModel
 from robustlab.errors import RobustlabError
 
@@ -98,9 +99,10 @@ class _Run:
         objective: Objective,
         eot_iter: int,
         early_stop: bool,
+        bf16: bool = False,
     ) -> None:
         self.model, self.objective, self.eot_iter = model, objective, eot_iter
-        self.early_stop = early_stop
+        self.early_stop, self.bf16 = early_stop, bf16
         n, dev = x.shape[0], x.device
         self.out = x.clone()
         self.broken = torch.zeros(n, dtype=torch.bool, device=dev)
@@ -110,12 +112,15 @@ class _Run:
         g = None
         for _ in range(self.eot_iter):
             xr = xa.detach().requires_grad_(True)
-            logits = self.model(xr)
-            lv = self.objective(logits, ya, ta)
+            with passes(self.bf16, xa.device):
+                logits = self.model(xr)
+            lv = self.objective(logits.float(), ya, ta)
             (gi,) = torch.autograd.grad(lv.sum(), xr)
             g = gi if g is None else g + gi
         assert g is not None
         wrong = logits.detach().argmax(1) != ya
+        if self.bf16:  # a bf16 pass only claims a success; float32 decides
+            wrong = confirm_wrong(self.model, xa, ya, wrong)
         return g / self.eot_iter, lv.detach().float(), wrong
 
     def flush(self, st: _State, final: bool) -> _State:
@@ -139,15 +144,9 @@ class _Run:
 
 
 def _start(
-    run: _Run,
-    x: Tensor,
-    y: Tensor,
-    threat: ThreatModel,
-    y_target: Tensor | None,
-    groups: Tensor | None,
-    generator: torch.Generator | None,
-    x_init: Tensor | None,
-) -> _State:
+    run: _Run, x: Tensor, y: Tensor, threat: ThreatModel, y_target: Tensor | None,
+    groups: Tensor | None, generator: torch.Generator | None, x_init: Tensor | None,
+) -> _State:  # fmt: skip
     n, dev = x.shape[0], x.device
     xa = threat.random_start(x, generator) if x_init is None else threat.project(x_init.detach(), x)
     eps = threat.eps_like(x)
@@ -156,23 +155,12 @@ def _start(
     return _State(
         idx=torch.arange(n, device=dev),
         grp=groups.to(dev) if groups is not None else torch.arange(n, device=dev),
-        x0=x,
-        y=y,
-        t=y_target,
-        xa=xa,
-        x_prev=xa.clone(),
-        grad=grad,
-        eta=eta,
-        x_best=xa.clone(),
-        grad_best=grad.clone(),
-        loss_best=lv.clone(),
-        loss_prev=lv.clone(),
-        count=torch.zeros(n, device=dev),
-        loss_last=lv.clone(),
-        reduced_last=torch.ones(n, dtype=torch.bool, device=dev),
-        found=wrong,
-        x_found=xa.clone(),
-    )
+        x0=x, y=y, t=y_target, xa=xa, x_prev=xa.clone(), grad=grad, eta=eta,
+        x_best=xa.clone(), grad_best=grad.clone(),
+        loss_best=lv.clone(), loss_prev=lv.clone(), count=torch.zeros(n, device=dev),
+        loss_last=lv.clone(), reduced_last=torch.ones(n, dtype=torch.bool, device=dev),
+        found=wrong, x_found=xa.clone(),
+    )  # fmt: skip
 
 
 @torch.no_grad()
@@ -223,6 +211,7 @@ def apgd(
     early_stop: bool = True,
     x_init: Tensor | None = None,
     compact_every: int | None = None,
+    precision: str = "float32",
 ) -> APGDResult:
     """One APGD run from a random start (or ``x_init``) on a batch; no mode switching.
 
@@ -230,7 +219,9 @@ def apgd(
     rows together: with ``early_stop`` all rows of a group leave the batch when one of them is
     misclassified (APGD-T uses it for the target classes of one sample). ``eot_iter`` averages
     the gradient over that many forward passes (expectation over transformation, for
-    randomized models).
+    randomized models). ``precision`` (:mod:`robustlab.attacks.precision`): ``"bf16"`` runs
+    the gradient passes under bf16 autocast and counts a misclassified iterate only when a
+    float32 pass confirms it.
     """
     if isinstance(threat, L1):
         raise RobustlabError("APGD supports the linf and l2 threat models, not l1")
@@ -246,7 +237,8 @@ def apgd(
     checks = apgd_checkpoints(steps)
     k_sizes = {c: c - p for c, p in zip(checks, [0, *checks[:-1]], strict=True)}
 
-    run = _Run(model, x, objective, eot_iter, early_stop)
+    bf16 = use_bf16(check_precision(precision), x.device)
+    run = _Run(model, x, objective, eot_iter, early_stop, bf16)
     st = run.flush(_start(run, x, y, threat, y_target, groups, generator, x_init), final=False)
     since_flush = 0
     for i in range(steps):
@@ -281,6 +273,7 @@ def apgd_targeted(
     generator: torch.Generator | None = None,
     target_batch: int | None = None,
     early_stop: bool = True,
+    precision: str = "float32",
 ) -> APGDResult:
     """APGD with the targeted DLR loss against the ``n_targets`` most likely other classes.
 
@@ -333,6 +326,7 @@ def apgd_targeted(
             groups=grp,
             early_stop=early_stop,
             x_init=starts.rows(range(j0, j0 + nt), todo),
+            precision=precision,
         )
         hit = res.broken.reshape(nt, -1)
         lb = res.loss_best.reshape(nt, -1)
@@ -379,8 +373,10 @@ class _APGDBase(Attack):
         eot_iter: int,
         rho: float,
         seed: int | None,
+        precision: str = "float32",
     ) -> None:
         super().__init__(resolve_threat(threat, eps, norm), seed)
+        self.precision = check_precision(precision)
         if isinstance(self.threat, L1):
             raise RobustlabError("APGD supports the linf and l2 threat models, not l1")
         for name, v in (("steps", steps), ("restarts", restarts), ("eot_iter", eot_iter)):
@@ -428,8 +424,9 @@ class APGD(_APGDBase):
         eot_iter: int = 1,
         rho: float = 0.75,
         seed: int | None = 0,
+        precision: str = "float32",
     ) -> None:
-        super().__init__(eps, norm, threat, steps, restarts, eot_iter, rho, seed)
+        super().__init__(eps, norm, threat, steps, restarts, eot_iter, rho, seed, precision)
         if loss not in ("ce", "dlr", "margin", "cw"):
             raise RobustlabError(f"unknown APGD loss {loss!r}; choose ce, dlr or margin")
         self.loss = loss
@@ -437,7 +434,8 @@ class APGD(_APGDBase):
     def _single(
         self, model: nn.Module, x: Tensor, y: Tensor, th: ThreatModel, g: torch.Generator
     ) -> APGDResult:
-        return apgd(model, x, y, th, self.steps, self.loss, None, self.eot_iter, self.rho, 0.75, g)
+        return apgd(model, x, y, th, self.steps, self.loss, None, self.eot_iter, self.rho, 0.75,
+                    g, precision=self.precision)  # fmt: skip
 
     def __repr__(self) -> str:
         return (
@@ -479,8 +477,9 @@ class APGDT(_APGDBase):
         seed: int | None = 0,
         loss: str = "dlr",
         targeted: bool = True,
+        precision: str = "float32",
     ) -> None:
-        super().__init__(eps, norm, threat, steps, restarts, eot_iter, rho, seed)
+        super().__init__(eps, norm, threat, steps, restarts, eot_iter, rho, seed, precision)
         if loss != "dlr" or not targeted:
             raise RobustlabError("apgd-t is the targeted DLR attack; use apgd for other losses")
         if not isinstance(n_targets, int) or n_targets < 1:
@@ -490,7 +489,8 @@ class APGDT(_APGDBase):
     def _single(
         self, model: nn.Module, x: Tensor, y: Tensor, th: ThreatModel, g: torch.Generator
     ) -> APGDResult:
-        kw = {"eot_iter": self.eot_iter, "rho": self.rho, "target_batch": self.target_batch}
+        kw = {"eot_iter": self.eot_iter, "rho": self.rho, "target_batch": self.target_batch,
+              "precision": self.precision}  # fmt: skip
         return apgd_targeted(model, x, y, th, self.n_targets, self.steps, generator=g, **kw)
 
     def __repr__(self) -> str:

@@ -39,6 +39,7 @@ from robustlab.attacks.base import (
     register_attack,
     resolve_threat,
 )
+from robustlab.attacks.precision import check_precision
 from robustlab.attacks.threat import ThreatModel
 from robustlab.errors import RobustlabError
 
@@ -262,8 +263,10 @@ def build_entries(
     seed: int | None,
     steps: int | None = None,
     n_queries: int | None = None,
+    precision: str | None = None,
 ) -> tuple[list[tuple[str, Attack]], list[int], list[str]]:
-    """Build the attacks of an ensemble; entries whose attack is not registered are skipped."""
+    """Build the attacks of an ensemble; entries whose attack is not registered are skipped;
+    ``precision`` (if given) is passed to every attack."""
     from robustlab.attacks.base import available_attacks
 
     for module in ("fab", "square"):  # registered by their own modules; load them if present
@@ -286,6 +289,8 @@ def build_entries(
             kw["steps"] = steps
         if n_queries is not None and "n_queries" in kw:
             kw["n_queries"] = n_queries
+        if precision is not None:
+            kw["precision"] = precision
         built.append((name, create_attack(name, threat=threat, seed=seed, **kw)))
         repeats.append(reps)
     return built, repeats, skipped
@@ -298,7 +303,9 @@ class AutoAttack(Ensemble):
     ``attacks`` replaces the preset by a custom list of registered names or ``(name, kwargs)``.
     ``steps`` overrides the iteration count of the iterative sub-attacks (the reference uses
     100) and ``n_queries`` Square's query budget (5000): smaller values make the evaluation
-    weaker than the reference.
+    weaker than the reference. ``precision`` ("float32", the presets' default; "bf16"; "auto")
+    is passed to every attack (:mod:`robustlab.attacks.precision`): bf16 model passes with
+    every success confirmed in float32, a different search path from float32's.
     """
 
     name = "autoattack"
@@ -315,8 +322,11 @@ class AutoAttack(Ensemble):
         seed: int | None = 0,
         batch_size: int | None = None,
         progress: bool = False,
+        precision: str | None = None,
     ) -> None:
         th = resolve_threat(threat, eps, norm)
+        if precision is not None:
+            check_precision(precision)
         if version not in PRESETS:
             raise RobustlabError(
                 f"unknown AutoAttack version {version!r}; choose one of {VERSIONS}"
@@ -326,7 +336,7 @@ class AutoAttack(Ensemble):
         if n_queries is not None and (not isinstance(n_queries, int) or n_queries < 1):
             raise RobustlabError(f"n_queries must be a positive integer, got {n_queries!r}")
         entries = PRESETS[version] if attacks is None else list(attacks)
-        built, repeats, skipped = build_entries(entries, th, seed, steps, n_queries)
+        built, repeats, skipped = build_entries(entries, th, seed, steps, n_queries, precision)
         if skipped:
             warnings.warn(
                 f"AutoAttack {version}: attacks not available and skipped: {skipped} "
@@ -337,7 +347,7 @@ class AutoAttack(Ensemble):
             raise RobustlabError(f"none of the attacks {[e for e in entries]} is available")
         super().__init__(built, th, seed, batch_size, repeats, progress)
         self.version = version if attacks is None else "custom"
-        self.steps, self.n_queries = steps, n_queries
+        self.steps, self.n_queries, self.precision = steps, n_queries, precision or "float32"
         self.skipped = skipped
 
     def __repr__(self) -> str:

@@ -50,6 +50,7 @@ from robustlab.attacks.boundary_inputs import (
     check_params,
     check_search_inputs,
 )
+from robustlab.attacks.precision import check_precision, passes, use_bf16
 from robustlab.attacks.projection import project_hyperplane_box
 from robustlab.attacks.threat import ThreatModel, make_threat, per_sample
 from robustlab.errors import RobustlabError
@@ -106,8 +107,9 @@ class _Problem:
         phi: PhiFn | None,
         targeted_class: Tensor | None,
         any_misclassification: bool = False,
+        bf16: bool = False,
     ) -> None:
-        self.model, self.shape, self.threat = model, shape, threat
+        self.model, self.shape, self.threat, self.bf16 = model, shape, threat, bf16
         self.phi, self.target = phi, targeted_class
         self.any_miss = any_misclassification and targeted_class is not None
         self.kind = (
@@ -158,10 +160,13 @@ class _Problem:
 
     def linearize(self, xf: Tensor, y: Tensor, t: Tensor | None) -> tuple[Tensor, Tensor]:
         """Value (n,) of ``phi + guard`` and input gradient (n, d) of the boundary function
-        followed at ``xf`` (the guard is a constant offset: no gradient)."""
+        followed at ``xf`` (the guard is a constant offset: no gradient); under ``bf16`` this
+        pass runs under bf16 autocast (the success tests stay float32)."""
         xr = xf.detach().reshape(-1, *self.shape).requires_grad_(True)
         with torch.enable_grad():
-            logits = self.model(xr)
+            with passes(self.bf16, xr.device):
+                logits = self.model(xr)
+            logits = logits.float()
             if self.kind != "multi":
                 val = self.value(logits, y, t)
                 (grad,) = torch.autograd.grad(val.sum(), xr)
@@ -227,6 +232,7 @@ def boundary_search(
     x_init: Tensor | None = None,
     any_misclassification: bool = False,
     drop: tuple[int, float] | None = None,
+    precision: str = "float32",
 ) -> BoundaryResult:
     """Closest point (threat norm, inside [0, 1]) where ``phi(model(.), y)`` reaches zero.
 
@@ -254,6 +260,8 @@ def boundary_search(
         refine_steps: regula-falsi steps on the segment from ``x`` to the best point (0 = plain
             FAB); each is one forward pass and keeps the point verified.
         drop: ``(k, radius)``: after ``k`` iterations, samples with no point within ``radius`` stop.
+        precision: ``"bf16"`` linearises under bf16 autocast; every success test stays float32
+            (:mod:`robustlab.attacks.precision`).
 
     The model is called as it is: in train mode BatchNorm layers update their running
     statistics on every forward and dropout makes ``phi`` random (verification then refers to
@@ -272,7 +280,8 @@ def boundary_search(
     start_r = as_vector(start_radius, n, x, "start_radius")
     ref_eps = max_r if max_r is not None else as_vector(threat.eps, n, x, "threat eps")
     assert ref_eps is not None
-    prob = _Problem(model, tuple(x.shape[1:]), threat, phi, t_all, any_misclassification)
+    bf16 = use_bf16(check_precision(precision), x.device)
+    prob = _Problem(model, tuple(x.shape[1:]), threat, phi, t_all, any_misclassification, bf16)
 
     xf_all = x.reshape(n, -1)
     phi_clean = prob.evaluate(xf_all, y, t_all)

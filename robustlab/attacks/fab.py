@@ -30,6 +30,7 @@ from robustlab.attacks.boundary import (  # noqa: F401 - re-exported (older impo
     hard_margin,
 )
 from robustlab.attacks.boundary_inputs import check_params
+from robustlab.attacks.precision import check_precision
 from robustlab.attacks.projection import project_hyperplane_box  # noqa: F401 - re-exported
 from robustlab.attacks.threat import ThreatModel
 from robustlab.errors import RobustlabError
@@ -50,6 +51,8 @@ class FAB(Attack):
 
     As an eps-bounded attack, ``attack(model, x, y)`` returns the minimal point where its norm is
     at most eps and the clean input elsewhere; :meth:`minimal` returns the minimal points.
+    ``precision="bf16"`` linearises under bf16 autocast, with float32 success tests
+    (:mod:`robustlab.attacks.precision`).
     """
 
     name = "fab"
@@ -67,9 +70,11 @@ class FAB(Attack):
         beta: float = 0.9,
         refine_steps: int = 8,
         seed: int | None = 0,
+        precision: str = "float32",
     ) -> None:
         super().__init__(resolve_threat(threat, eps, norm), seed)
         check_params(steps, restarts, alpha_max, eta, beta)
+        self.precision = check_precision(precision)
         self.steps, self.restarts = int(steps), int(restarts)
         self.alpha_max, self.eta, self.beta = alpha_max, eta, beta
         self.refine_steps = int(refine_steps)
@@ -102,6 +107,7 @@ class FAB(Attack):
             refine_steps=self.refine_steps,
             max_radius=eps,
             any_misclassification=target is not None,  # FAB-T: as the reference's fab_base.py
+            precision=self.precision,
         )
 
     def _checked_logits(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from robustlab.attacks.apgd import apgd
 from robustlab.attacks.autoattack import Ensemble, EnsembleResult, _stage_record
 from robustlab.attacks.base import Attack, register_attack, resolve_threat
+from robustlab.attacks.precision import check_precision
 from robustlab.attacks.square import Square
 from robustlab.attacks.threat import L1, ThreatModel
 from robustlab.errors import RobustlabError
@@ -97,8 +98,10 @@ class MALTAPGDT(Attack):
         n_targets: int = 3,
         candidates: int = 20,
         seed: int | None = 0,
+        precision: str = "float32",
     ) -> None:
         super().__init__(resolve_threat(threat, eps, norm), seed)
+        self.precision = check_precision(precision)
         if isinstance(self.threat, L1):
             raise RobustlabError("apgd-t-malt supports the linf and l2 threat models, not l1")
         for name, v in (("steps", steps), ("n_targets", n_targets), ("candidates", candidates)):
@@ -126,6 +129,7 @@ class MALTAPGDT(Attack):
             y_target=targets.T.reshape(-1),
             generator=generator,
             groups=torch.arange(n, device=x.device).repeat(nt),
+            precision=self.precision,
         )
         hit = res.broken.reshape(nt, n)
         score = torch.where(hit, float("inf"), res.loss_best.reshape(nt, n))
@@ -141,8 +145,9 @@ def _logits(model: nn.Module, x: Tensor, bs: int) -> Tensor:
 @register_attack("fast")
 class FastAttack(Ensemble):
     """The ``fast`` preset (see the module docstring); ``steps``, ``n_targets``, ``n_queries``,
-    ``square_fraction``, ``full_margin`` and ``square_precision`` ("float32" or "bf16") are
-    its knobs."""
+    ``square_fraction`` and ``full_margin`` are its knobs; ``precision`` ("float32", "bf16",
+    "auto"; :mod:`robustlab.attacks.precision`) applies to every stage, ``square_precision``
+    (default: ``precision``) to Square alone."""
 
     name = "fast"
 
@@ -156,21 +161,24 @@ class FastAttack(Ensemble):
         n_queries: int = 5000,
         square_fraction: float = 0.1,
         full_margin: float = 0.1,
-        square_precision: str = "float32",
+        square_precision: str | None = None,
         seed: int | None = 0,
         batch_size: int | None = None,
         progress: bool = False,
+        precision: str = "float32",
     ) -> None:
         from robustlab.attacks.apgd import APGD
 
         th = resolve_threat(threat, eps, norm)
+        check_precision(precision)
         if not (isinstance(square_fraction, (int, float)) and 0.0 <= square_fraction <= 1.0):
             raise RobustlabError(f"square_fraction must be in [0, 1], got {square_fraction!r}")
         if not (isinstance(full_margin, (int, float)) and full_margin > 0):
             raise RobustlabError(f"full_margin must be a positive number, got {full_margin!r}")
+        kw: dict[str, Any] = {"threat": th, "steps": steps, "seed": seed, "precision": precision}
         attacks: list[tuple[str, Attack]] = [
-            ("apgd-ce", APGD(threat=th, steps=steps, loss="ce", seed=seed)),
-            ("apgd-t-malt", MALTAPGDT(threat=th, steps=steps, n_targets=n_targets, seed=seed)),
+            ("apgd-ce", APGD(loss="ce", **kw)),
+            ("apgd-t-malt", MALTAPGDT(n_targets=n_targets, **kw)),
         ]
         if square_fraction > 0:
             sq = Square(
@@ -178,7 +186,7 @@ class FastAttack(Ensemble):
                 n_queries=n_queries,
                 rescale_schedule=False,  # as in AutoAttack
                 seed=seed,
-                precision=square_precision,
+                precision=square_precision or precision,
             )
             attacks.append(("square-close", sq))
         super().__init__(attacks, th, seed, batch_size, None, progress)

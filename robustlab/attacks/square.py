@@ -21,21 +21,11 @@ from torch import Tensor, nn
 
 from robustlab.attacks.base import Attack, check_labels, register_attack, resolve_threat
 from robustlab.attacks.boundary import hard_margin
+from robustlab.attacks.precision import bf16_native, check_precision, use_bf16
 from robustlab.attacks.threat import ThreatModel
 from robustlab.errors import RobustlabError
 
 __all__ = ["Square", "bf16_native", "p_schedule", "pseudo_gaussian_pattern"]
-
-
-def bf16_native(device: torch.device) -> bool:
-    """Does ``device`` compute bf16 natively (CUDA with bf16, or a CPU with AMX or AVX-512
-    BF16 as oneDNN reports it)?"""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 # Published schedule: p halves at these fractions (in 1/10000 of the query budget).
@@ -200,8 +190,7 @@ class Square(Attack):
             raise RobustlabError(f"n_queries must be a positive integer, got {n_queries!r}")
         if not 0.0 < p_init <= 1.0:
             raise RobustlabError(f"p_init must be in (0, 1], got {p_init!r}")
-        if precision not in ("float32", "bf16", "auto"):
-            raise RobustlabError(f"precision must be float32, bf16 or auto, got {precision!r}")
+        check_precision(precision)
         super().__init__(threat, seed)
         self.n_queries, self.p_init = int(n_queries), float(p_init)
         self.rescale_schedule = bool(rescale_schedule)
@@ -214,9 +203,7 @@ class Square(Attack):
             raise RobustlabError(f"square needs images (N, C, H, W), got shape {tuple(x.shape)}")
         if min(x.shape[2], x.shape[3]) < 2:
             raise RobustlabError("square needs images at least 2 pixels high and wide")
-        self._bf16 = self.precision == "bf16" or (
-            self.precision == "auto" and bf16_native(x.device)
-        )
+        self._bf16 = use_bf16(self.precision, x.device)
         with torch.inference_mode():  # cheaper per query than no_grad; 5000 queries add up
             x_adv, queries = self._run(model, x, y, generator)
         self.queries = queries.clone()

@@ -153,6 +153,14 @@ def _add_attack_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--n-queries", type=int, default=None, help="query budget (square)")
     g.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     g.add_argument(
+        "--precision",
+        choices=("float32", "bf16", "auto"),
+        default=None,
+        help="model passes inside the attack (apgd, fab, square, autoattack, fast; default "
+        "float32): bf16 is 0.4-0.6x the time on CPUs with AMX and on GPUs, every success "
+        "confirmed in float32, a different search path; auto: bf16 where native",
+    )
+    g.add_argument(
         "--sanity",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -187,6 +195,7 @@ def _attack_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "n_targets": args.n_targets,
         "eot_iter": args.eot_iter,
         "n_queries": args.n_queries,
+        "precision": args.precision,
     }
     kw.update({k: v for k, v in simple.items() if v is not None})
     if args.step_size is not None:
