@@ -12,6 +12,8 @@ reference's components are timed from its own log and its forward passes by a ho
 
 Usage: python bench/bench_eval.py [--n 100] [--models trades,lenet,cifar] [--lenet-run DIR]
        [--cifar-run DIR] [--repeats 1] [--threads 1] [--skip-reference] [--out FILE]
+       [--order reference,standard,fast,standard-bf16,fast-bf16] [--seed 0]
+(``-bf16``: the evaluation with ``precision="bf16"``.)
 Writes bench/results/eval.json and prints a table and the JSON.
 """
 
@@ -205,6 +207,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0, help="seed of robustlab's attacks")
     ap.add_argument("--order", default="reference,standard,fast")
     ap.add_argument("--skip-reference", action="store_true")
     ap.add_argument("--tag", default="", help="suffix of robustlab's evaluation names (e.g. "
@@ -217,6 +220,7 @@ def main() -> None:
     print(machine_line(info), flush=True)
     order = [o for o in args.order.split(",") if not (args.skip_reference and o == "reference")]
     result: dict[str, Any] = {"benchmark": "eval", "n": args.n, "machine": info, "models": []}
+    result["seed"] = args.seed
     for label, model, dataset, eps in load_models(args):
         model.eval()
         sp = load_split(dataset, "test", root=args.data_dir)
@@ -231,9 +235,9 @@ def main() -> None:
                     base, _, prec = kind.partition("-")  # standard-bf16: bf16 passes
                     prec = prec or "float32"
                     atk = (
-                        AutoAttack(eps=eps, precision=prec)
+                        AutoAttack(eps=eps, precision=prec, seed=args.seed)
                         if base == "standard"
-                        else create_attack("fast", eps=eps, precision=prec)
+                        else create_attack("fast", eps=eps, precision=prec, seed=args.seed)
                     )
                     r = run_robustlab(model, x, y, atk, args.batch_size, profile=rep == 0)
                 runs[kind].append(r)
