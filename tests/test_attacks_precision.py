@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustlab.attacks import AutoAttack, create_attack
-from robustlab.attacks.precision import check_precision, confirm_wrong, passes, use_bf16
+from robustlab.attacks.precision import check_precision, float32_rows, passes, use_bf16
 from robustlab.errors import RobustlabError
 
 EPS = 0.05
@@ -64,14 +64,17 @@ def test_check_precision_and_switches() -> None:
             create_attack(name, eps=EPS, precision="half")
 
 
-def test_confirm_wrong_only_keeps_float32_misclassifications(liar) -> None:
+def test_float32_rows_are_the_claims_and_near_misses(liar) -> None:
+    from robustlab.attacks.precision import undecided
+
     model, x, y = liar
-    claimed = torch.ones(len(y), dtype=torch.bool)
-    assert not bool(confirm_wrong(model, x, y, claimed).any())
-    flipped = y.clone()
-    flipped[:3] = (y[:3] + 1) % 4  # labels that float32 really gets wrong
-    claimed[5:] = False
-    assert confirm_wrong(model, x, flipped, claimed).tolist() == [True] * 3 + [False] * 9
+    logits = torch.tensor([[2.0, 0.0, 0.0], [2.0, 1.99, 0.0], [0.0, 2.0, 0.0], [5.0, 0.0, 4.99]])
+    assert undecided(logits, torch.zeros(4, dtype=torch.long)).tolist() == [False, True, True, True]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        zb = model(x)
+    rows, z = float32_rows(model, x, zb, y)  # every bf16 pass is a claim
+    assert rows.tolist() == list(range(len(y)))
+    assert z.dtype == torch.float32 and bool((z.argmax(1) == y).all())
 
 
 @pytest.mark.parametrize("name", ["apgd-ce", "apgd-t", "fab-t", "square"])

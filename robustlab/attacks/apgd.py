@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from robustlab.attacks.base import Attack, register_attack, resolve_threat
 from robustlab.attacks.core import Objective, make_objective
-from robustlab.attacks.precision import check_precision, confirm_wrong, passes, use_bf16
+from robustlab.attacks.precision import check_precision, float32_rows, passes, use_bf16
 from robustlab.attacks.threat import L1, ThreatModel
 from robustlab.errors import RobustlabError
 
@@ -93,14 +93,9 @@ class _Run:
     """One APGD run: the loss and its gradient, checkpoints, and the rows' outputs."""
 
     def __init__(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        objective: Objective,
-        eot_iter: int,
-        early_stop: bool,
+        self, model: nn.Module, x: Tensor, objective: Objective, eot_iter: int, early_stop: bool,
         bf16: bool = False,
-    ) -> None:
+    ) -> None:  # fmt: skip
         self.model, self.objective, self.eot_iter = model, objective, eot_iter
         self.early_stop, self.bf16 = early_stop, bf16
         n, dev = x.shape[0], x.device
@@ -118,10 +113,12 @@ class _Run:
             (gi,) = torch.autograd.grad(lv.sum(), xr)
             g = gi if g is None else g + gi
         assert g is not None
-        wrong = logits.detach().argmax(1) != ya
-        if self.bf16:  # a bf16 pass only claims a success; float32 decides
-            wrong = confirm_wrong(self.model, xa, ya, wrong)
-        return g / self.eot_iter, lv.detach().float(), wrong
+        wrong, lv = logits.detach().argmax(1) != ya, lv.detach().float()
+        if self.bf16:  # bf16 claims and near-misses: float32 success test and loss
+            rows, z = float32_rows(self.model, xa, logits, ya)
+            wrong[rows] = z.argmax(1) != ya[rows]
+            lv[rows] = self.objective(z, ya[rows], None if ta is None else ta[rows]).float()
+        return g / self.eot_iter, lv, wrong
 
     def flush(self, st: _State, final: bool) -> _State:
         """Record found rows (and, at the end, all rows); drop finished groups."""
@@ -220,8 +217,7 @@ def apgd(
     misclassified (APGD-T uses it for the target classes of one sample). ``eot_iter`` averages
     the gradient over that many forward passes (expectation over transformation, for
     randomized models). ``precision`` (:mod:`robustlab.attacks.precision`): ``"bf16"`` runs
-    the gradient passes under bf16 autocast and counts a misclassified iterate only when a
-    float32 pass confirms it.
+    the gradient passes under bf16 autocast; success and loss near the boundary are float32.
     """
     if isinstance(threat, L1):
         raise RobustlabError("APGD supports the linf and l2 threat models, not l1")
