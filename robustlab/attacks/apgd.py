@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from robustlab.attacks.base import Attack, register_attack, resolve_threat
 from robustlab.attacks.core import Objective, make_objective
-from robustlab.attacks.precision import check_precision, float32_rows, passes, use_bf16
+from robustlab.attacks.precision import bf16_pass, check_precision, float32_rows, passes, use_bf16
 from robustlab.attacks.threat import L1, ThreatModel
 from robustlab.errors import RobustlabError
 
@@ -104,17 +104,17 @@ class _Run:
         self.loss_out = torch.full((n,), float("-inf"), device=dev)
 
     def grad_loss(self, xa: Tensor, ya: Tensor, ta: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        g = None
+        g, bf16 = None, bf16_pass(self.bf16, xa)
         for _ in range(self.eot_iter):
             xr = xa.detach().requires_grad_(True)
-            with passes(self.bf16, xa.device):
+            with passes(bf16, xa.device):
                 logits = self.model(xr)
             lv = self.objective(logits.float(), ya, ta)
             (gi,) = torch.autograd.grad(lv.sum(), xr)
             g = gi if g is None else g + gi
         assert g is not None
         wrong, lv = logits.detach().argmax(1) != ya, lv.detach().float()
-        if self.bf16:  # bf16 claims and near-misses: float32 success test and loss
+        if bf16:  # bf16 claims and near-misses: float32 success test and loss
             rows, z = float32_rows(self.model, xa, logits, ya)
             wrong[rows] = z.argmax(1) != ya[rows]
             lv[rows] = self.objective(z, ya[rows], None if ta is None else ta[rows]).float()

@@ -50,7 +50,7 @@ from robustlab.attacks.boundary_inputs import (
     check_params,
     check_search_inputs,
 )
-from robustlab.attacks.precision import check_precision, passes, use_bf16
+from robustlab.attacks.precision import bf16_pass, check_precision, passes, use_bf16
 from robustlab.attacks.projection import project_hyperplane_box
 from robustlab.attacks.threat import ThreatModel, make_threat, per_sample
 from robustlab.errors import RobustlabError
@@ -164,7 +164,7 @@ class _Problem:
         pass runs under bf16 autocast (the success tests stay float32)."""
         xr = xf.detach().reshape(-1, *self.shape).requires_grad_(True)
         with torch.enable_grad():
-            with passes(self.bf16, xr.device):
+            with passes(bf16_pass(self.bf16, xr), xr.device):
                 logits = self.model(xr)
             logits = logits.float()
             if self.kind != "multi":

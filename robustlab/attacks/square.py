@@ -21,7 +21,13 @@ from torch import Tensor, nn
 
 from robustlab.attacks.base import Attack, check_labels, register_attack, resolve_threat
 from robustlab.attacks.boundary import hard_margin
-from robustlab.attacks.precision import bf16_native, check_precision, use_bf16
+from robustlab.attacks.precision import (
+    bf16_native,
+    bf16_pass,
+    check_precision,
+    float32_rows,
+    use_bf16,
+)
 from robustlab.attacks.threat import ThreatModel
 from robustlab.errors import RobustlabError
 
@@ -161,11 +167,11 @@ class Square(Attack):
         rescale_schedule: map the schedule's breakpoints to ``n_queries`` (True, the
             reference's standalone default) or count raw iterations (False: what AutoAttack
             uses, ``resc_schedule=False`` in the reference).
-        precision: ``"float32"``; ``"bf16"`` runs the queries under bf16 autocast and re-checks
-            in float32 every query that crossed the boundary (a success counts only if it holds
-            in float32; otherwise its float32 margin is kept), about 0.55x the float32 time per
-            query on CPUs with AMX / AVX-512 BF16; ``"auto"``: bf16 where the CPU or GPU has
-            native bf16, else float32.
+        precision: ``"float32"``; ``"bf16"`` runs the queries under bf16 autocast (on a CPU,
+            batches of at least 8 rows) and re-evaluates in float32 every query that crossed
+            the boundary or is within bf16 rounding of it, so that successes and the close
+            comparisons are float32's (:mod:`robustlab.attacks.precision`); ``"auto"``: bf16
+            where the CPU or GPU has native bf16, else float32.
         seed: all random choices.
     """
 
@@ -283,14 +289,16 @@ class Square(Attack):
         return x_adv, queries
 
     def _margin(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        """Margins of queries ``x``; under bf16, rows that crossed are re-checked in float32."""
-        if not getattr(self, "_bf16", False):
+        """Margins of queries ``x``; under bf16, rows that crossed or are within rounding of the
+        boundary get their float32 margin (:func:`~robustlab.attacks.precision.float32_rows`)."""
+        if not bf16_pass(getattr(self, "_bf16", False), x):
             return hard_margin(model(x), y)
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
-            m = hard_margin(model(x).float(), y)
-        crossed = (m <= 0).nonzero().squeeze(1)
-        if crossed.numel():
-            m[crossed] = hard_margin(model(x[crossed]).float(), y[crossed])
+            z = model(x)
+        m = hard_margin(z.float(), y)
+        rows, z32 = float32_rows(model, x, z, y)
+        if rows.numel():
+            m[rows] = hard_margin(z32, y[rows])
         return m
 
     # ---------------------------------------------------------------- Linf
