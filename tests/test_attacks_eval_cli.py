@@ -109,6 +109,8 @@ def test_eps_sweep_is_monotone(
         (["--eps", "0.3"], "need --attack"),
         (["--attack", "pgd", "--eps", "0.3", "--n-targets", "3"], "does not take --n-targets"),
         (["--attack", "pgd", "--eps", "0.3", "--version", "plus"], "--version"),
+        (["--attack", "fgsm", "--eps", "0.3", "--precision", "bf16"], "not take --precision"),
+        (["--attack", "apgd-ce", "--eps", "0.3", "--precision", "fp16"], "float32, bf16 or auto"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(
@@ -157,3 +159,14 @@ def test_eval_of_a_training_run(
     # the clean-only path works with --run too; --run and --model together do not
     assert main(args) == 0 and "clean accuracy" in capsys.readouterr().out
     assert main([*args, "--model", "smallcnn"]) == 2
+
+
+def test_precision_option_reaches_the_attack_and_the_summary(
+    trades_checkpoint: Path, shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    args = [*_base(trades_checkpoint, shared_data), "--n", "12", "--attack", "apgd-ce"]
+    args += ["--eps", "0.3", "--steps", "5", "--precision", "bf16", "--no-sanity"]
+    assert main([*args, "--run-dir", str(tmp_path / "ev"), "--json"]) == 0
+    s = _json(capsys)
+    assert s["attack_options"]["precision"] == "bf16"
+    assert s["robust_accuracy"] <= s["clean_accuracy"]

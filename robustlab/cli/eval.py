@@ -154,8 +154,8 @@ def _add_attack_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     g.add_argument(
         "--precision",
-        choices=("float32", "bf16", "auto"),
         default=None,
+        metavar="{float32,bf16,auto}",
         help="model passes inside the attack (apgd, fab, square, autoattack, fast; default "
         "float32): bf16 is 0.4-0.6x the time on CPUs with AMX and on GPUs, every success "
         "confirmed in float32, a different search path; auto: bf16 where native",
