@@ -161,7 +161,9 @@ class _Problem:
     def linearize(self, xf: Tensor, y: Tensor, t: Tensor | None) -> tuple[Tensor, Tensor]:
         """Value (n,) of ``phi + guard`` and input gradient (n, d) of the boundary function
         followed at ``xf`` (the guard is a constant offset: no gradient); under ``bf16`` this
-        pass runs under bf16 autocast (the success tests stay float32)."""
+        pass runs under bf16 autocast. FAB compares no loss values: its decisions are the
+        float32 success tests, and the value's bf16 rounding only shifts the linearised
+        boundary it projects onto, by that rounding over the gradient's dual norm."""
         xr = xf.detach().reshape(-1, *self.shape).requires_grad_(True)
         with torch.enable_grad():
             with passes(bf16_pass(self.bf16, xr), xr.device):

@@ -19,9 +19,9 @@ the points still robust (like every :class:`~robustlab.attacks.autoattack.Ensemb
    1000-1199 (``bench/fast_square_study.py``): Square on every survivor broke 3 of 180 TRADES
    points, at closeness ranks 0.6-3.3% after 1146-2828 queries (margin x queries <= 245, the
    budget allows 500), and none of 162 LeNet / 29 CIFAR survivors.
-   ``square_precision="bf16"`` (opt-in) runs Square's queries under bf16 autocast and
-   re-checks every success in float32 (see :class:`~robustlab.attacks.square.Square`); the
-   default is float32, because bf16 changes the search path and can miss points.
+   ``precision="bf16"`` (opt-in; ``square_precision`` for Square alone) runs the model
+   passes under bf16 autocast with every success decided in float32
+   (:mod:`robustlab.attacks.precision`); the default is float32.
 
 No FAB-T stage. When to use which: AutoAttack standard for numbers compared with the
 literature; ``fast`` for model selection, sweeps and monitoring, where it was measured at
