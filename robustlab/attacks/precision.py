@@ -36,8 +36,8 @@ __all__ = [
     "use_bf16",
 ]
 
-# On a CPU, a bf16 pass over fewer rows than this is no faster than float32 (measured on an
-# AMX Xeon: 0.9-1.2x at 4 rows, slower at 1; oneDNN's reorders then cost what AMX saves).
+# On a CPU, a bf16 pass over fewer rows than this is no faster than float32 (bench_precision.py
+# on an AMX Xeon: bf16 / float32 0.8-1.1x at 4 rows, 1.2-2x at 1; 0.6-0.85x at 8).
 MIN_BF16_ROWS = 8
 
 # Rows whose bf16 margin is within this many bf16 rounding units (2^-8 relative) of the row's
