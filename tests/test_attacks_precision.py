@@ -59,6 +59,10 @@ def test_check_precision_and_switches() -> None:
         assert torch.is_autocast_enabled("cpu")
     with passes(False, cpu):
         assert not torch.is_autocast_enabled("cpu")
+    from robustlab.attacks.precision import widened
+
+    assert widened(torch.zeros(2, dtype=torch.bfloat16)).dtype == torch.float32
+    assert widened(torch.zeros(2, dtype=torch.float64)).dtype == torch.float64  # kept
     for name in ("apgd-ce", "apgd-t", "fab-t", "square", "autoattack", "fast"):
         with pytest.raises(RobustlabError, match="precision must be"):
             create_attack(name, eps=EPS, precision="half")

@@ -22,9 +22,9 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor, nn
 
+from robustlab.attacks import precision as prec
 from robustlab.attacks.base import Attack, register_attack, resolve_threat
 from robustlab.attacks.core import Objective, make_objective
-from robustlab.attacks.precision import bf16_pass, check_precision, float32_rows, passes, use_bf16
 from robustlab.attacks.threat import L1, ThreatModel
 from robustlab.errors import RobustlabError
 
@@ -104,20 +104,20 @@ class _Run:
         self.loss_out = torch.full((n,), float("-inf"), device=dev)
 
     def grad_loss(self, xa: Tensor, ya: Tensor, ta: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        g, bf16 = None, bf16_pass(self.bf16, xa)
+        g, bf16 = None, prec.bf16_pass(self.bf16, xa)
         for _ in range(self.eot_iter):
             xr = xa.detach().requires_grad_(True)
-            with passes(bf16, xa.device):
+            with prec.passes(bf16, xa.device):
                 logits = self.model(xr)
-            lv = self.objective(logits.float(), ya, ta)
+            lv = self.objective(prec.widened(logits), ya, ta)
             (gi,) = torch.autograd.grad(lv.sum(), xr)
             g = gi if g is None else g + gi
         assert g is not None
         wrong, lv = logits.detach().argmax(1) != ya, lv.detach().float()
         if bf16:  # bf16 claims and near-misses: float32 success test and loss
-            rows, z = float32_rows(self.model, xa, logits, ya)
+            rows, z = prec.float32_rows(self.model, xa, logits, ya)
             wrong[rows] = z.argmax(1) != ya[rows]
-            lv[rows] = self.objective(z, ya[rows], None if ta is None else ta[rows]).float()
+            lv[rows] = self.objective(z, ya[rows], None if ta is None else ta[rows]).to(lv.dtype)
         return g / self.eot_iter, lv, wrong
 
     def flush(self, st: _State, final: bool) -> _State:
@@ -233,7 +233,7 @@ def apgd(
     checks = apgd_checkpoints(steps)
     k_sizes = {c: c - p for c, p in zip(checks, [0, *checks[:-1]], strict=True)}
 
-    bf16 = use_bf16(check_precision(precision), x.device)
+    bf16 = prec.use_bf16(prec.check_precision(precision), x.device)
     run = _Run(model, x, objective, eot_iter, early_stop, bf16)
     st = run.flush(_start(run, x, y, threat, y_target, groups, generator, x_init), final=False)
     since_flush = 0
@@ -372,7 +372,7 @@ class _APGDBase(Attack):
         precision: str = "float32",
     ) -> None:
         super().__init__(resolve_threat(threat, eps, norm), seed)
-        self.precision = check_precision(precision)
+        self.precision = prec.check_precision(precision)
         if isinstance(self.threat, L1):
             raise RobustlabError("APGD supports the linf and l2 threat models, not l1")
         for name, v in (("steps", steps), ("restarts", restarts), ("eot_iter", eot_iter)):

@@ -50,7 +50,7 @@ from robustlab.attacks.boundary_inputs import (
     check_params,
     check_search_inputs,
 )
-from robustlab.attacks.precision import bf16_pass, check_precision, passes, use_bf16
+from robustlab.attacks.precision import bf16_pass, check_precision, passes, use_bf16, widened
 from robustlab.attacks.projection import project_hyperplane_box
 from robustlab.attacks.threat import ThreatModel, make_threat, per_sample
 from robustlab.errors import RobustlabError
@@ -168,7 +168,7 @@ class _Problem:
         with torch.enable_grad():
             with passes(bf16_pass(self.bf16, xr), xr.device):
                 logits = self.model(xr)
-            logits = logits.float()
+            logits = widened(logits)
             if self.kind != "multi":
                 val = self.value(logits, y, t)
                 (grad,) = torch.autograd.grad(val.sum(), xr)

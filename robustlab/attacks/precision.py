@@ -34,6 +34,7 @@ __all__ = [
     "passes",
     "undecided",
     "use_bf16",
+    "widened",
 ]
 
 # On a CPU, a bf16 pass over fewer rows than this is no faster than float32 (bench_precision.py
@@ -76,10 +77,16 @@ def bf16_pass(bf16: bool, x: Tensor) -> bool:
     return bf16 and (x.device.type != "cpu" or x.shape[0] >= MIN_BF16_ROWS)
 
 
+def widened(t: Tensor) -> Tensor:
+    """``t`` in float32 if it is in a half-precision dtype (an autocast output), else as it is
+    (a float64 model keeps its precision)."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 @contextlib.contextmanager
 def passes(bf16: bool, device: torch.device) -> Iterator[None]:
     """Model passes in this block run under bf16 autocast when ``bf16`` (cast the logits back
-    with ``.float()`` after the block), as they are otherwise."""
+    with :func:`widened` after the block), as they are otherwise."""
     if not bf16:
         yield
         return
@@ -106,4 +113,4 @@ def float32_rows(model: nn.Module, x: Tensor, logits: Tensor, y: Tensor) -> tupl
     rows = undecided(logits, y).nonzero().squeeze(1)
     if rows.numel() == 0:
         return rows, torch.empty(0, logits.shape[1], device=logits.device)
-    return rows, model(x[rows]).float()
+    return rows, widened(model(x[rows]))
