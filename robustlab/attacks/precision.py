@@ -95,22 +95,25 @@ def passes(bf16: bool, device: torch.device) -> Iterator[None]:
 
 
 @torch.no_grad()
-def undecided(logits: Tensor, y: Tensor) -> Tensor:
-    """Rows (bool, N) of bf16 ``logits`` whose prediction float32 must decide: misclassified, or
-    with a margin ``z_y - max_{k != y} z_k`` within :data:`BAND_ULPS` bf16 rounding units of
-    the row's largest |logit| (a float32 pass may be misclassified there while bf16 is not)."""
+def undecided(logits: Tensor, y: Tensor, margin: Tensor | None = None) -> Tensor:
+    """Rows (bool, N) of bf16 ``logits`` whose prediction float32 must decide: those whose
+    margin ``z_y - max_{k != y} z_k`` (``margin`` if already computed) is below
+    :data:`BAND_ULPS` bf16 rounding units of the row's largest |logit|: misclassified, tied,
+    or close enough that a float32 pass may be misclassified while the bf16 one is not."""
     z = logits.detach().float()
-    z_y = z.gather(1, y[:, None]).squeeze(1)
-    other = z.scatter(1, y[:, None], float("-inf")).amax(1)
-    band = BAND_ULPS * torch.finfo(torch.bfloat16).eps * z.abs().amax(1)
-    return (z.argmax(1) != y) | (z_y - other <= band)
+    if margin is None:
+        z_y = z.gather(1, y[:, None]).squeeze(1)
+        margin = z_y - z.scatter(1, y[:, None], float("-inf")).amax(1)
+    return margin <= BAND_ULPS * torch.finfo(torch.bfloat16).eps * z.abs().amax(1)
 
 
 @torch.no_grad()
-def float32_rows(model: nn.Module, x: Tensor, logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+def float32_rows(
+    model: nn.Module, x: Tensor, logits: Tensor, y: Tensor, margin: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """The :func:`undecided` rows of bf16 ``logits`` (indices) and the float32 logits of a pass
     at ``x`` on those rows only."""
-    rows = undecided(logits, y).nonzero().squeeze(1)
+    rows = undecided(logits, y, margin).nonzero().squeeze(1)
     if rows.numel() == 0:
         return rows, torch.empty(0, logits.shape[1], device=logits.device)
     return rows, widened(model(x[rows]))

@@ -295,8 +295,9 @@ class Square(Attack):
             return hard_margin(model(x), y)
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
             z = model(x)
-        m = hard_margin(z.float(), y)
-        rows, z32 = float32_rows(model, x, z, y)
+        zf = z.float()
+        m = hard_margin(zf, y)
+        rows, z32 = float32_rows(model, x, zf, y, m)
         if rows.numel():
             m[rows] = hard_margin(z32, y[rows])
         return m
