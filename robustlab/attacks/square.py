@@ -121,7 +121,8 @@ class _Active:
     ) -> _Active:
         e = eps[:, None, None, None]
         lo, hi = ((x - e).clamp(0.0, 1.0), (x + e).clamp(0.0, 1.0)) if linf else (None, None)
-        act = cls(torch.arange(x.shape[0], device=x.device), x, y, eps, best, m, lo, hi, limit)
+        pos = torch.arange(x.shape[0], device=x.device)
+        act = cls(pos, x, y, eps, best.clone(), m, lo, hi, limit)
         live = (m > 0) if limit is None else (m > 0) & (limit > 1)
         return act if bool(live.all()) else act.keep(live.nonzero().squeeze(1))
 
@@ -256,7 +257,6 @@ class Square(Attack):
         act = _Active.start(xs, ys, eps, x_best, m_best, linf, budget)
         top = self.n_queries if budget is None else int(budget.max())
         stops = set() if budget is None else set(budget.unique().tolist())
-        self._tables: dict[tuple[int, int, int], tuple[Tensor, Tensor]] = {}
         # Every Linf value in a square and in the best point is exactly clamp(x -+ eps), so
         # for eps >= 1e-5 "the square would not change" (|difference| < 1e-7) is equality.
         self._exact_same = linf and bool(eps.min() >= 1e-5)
@@ -270,7 +270,8 @@ class Square(Attack):
             else:
                 cand = self._step_l2(act.x, act.best, act.eps, p, gen)
             m_new = self._margin(model, cand, act.y)
-            act.best = torch.where((m_new < act.m).view(-1, 1, 1, 1), cand, act.best)
+            better = (m_new < act.m).nonzero().squeeze(1)
+            act.best[better] = cand[better]  # act.best is Square's own (a copy, see start)
             act.m = torch.minimum(m_new, act.m)
             done = m_new <= 0
             if it + 1 in stops:  # some points have spent their budget
@@ -316,37 +317,28 @@ class Square(Attack):
         n, c, h, w = a.x.shape
         s = int(round(math.sqrt(p * h * w)))
         s = min(max(s, 1), min(h, w) - 1)
-        rows, cols = self._window_tables(h, w, s, a.x.device)
-        vh = torch.randint(0, h - s + 1, (n,), generator=gen, device=a.x.device)
-        vw = torch.randint(0, w - s + 1, (n,), generator=gen, device=a.x.device)
-        mask = rows[vh].view(n, 1, h, 1) & cols[vw].view(n, 1, 1, w)
+        dev = a.x.device
+        vh = torch.randint(0, h - s + 1, (n,), generator=gen, device=dev)
+        vw = torch.randint(0, w - s + 1, (n,), generator=gen, device=dev)
+        # Work on the squares only (n, c, s, s): outside them the candidate is the best point,
+        # so "would not change" compares the squares, and the candidate is one copy plus them.
+        ar = torch.arange(s, device=dev)
+        rows, cols = vh[:, None] + ar, vw[:, None] + ar
         assert a.hi is not None and a.lo is not None
-        new = torch.where(_coins((n, c, 1, 1), gen, a.x.device), a.hi, a.lo)
-        cand = torch.where(mask, new, a.best)
+        hi, lo, best = _get(a.hi, rows, cols), _get(a.lo, rows, cols), _get(a.best, rows, cols)
+        new = torch.where(_coins((n, c, 1, 1), gen, dev), hi, lo)
         for _ in range(10):
-            if self._exact_same:  # zero outside the square
-                same = (cand == a.best).all((1, 2, 3))
+            if self._exact_same:
+                same = (new == best).all((1, 2, 3))
             else:
-                same = (cand - a.best).abs().amax((1, 2, 3)) < 1e-7
+                same = (new - best).abs().amax((1, 2, 3)) < 1e-7
             if not bool(same.any()):
                 break
-            redraw = torch.where(_coins((n, c, 1, 1), gen, a.x.device), a.hi, a.lo)
+            redraw = torch.where(_coins((n, c, 1, 1), gen, dev), hi, lo)
             new = torch.where(same.view(-1, 1, 1, 1), redraw, new)
-            cand = torch.where(mask, new, a.best)
+        cand = a.best.clone()
+        _put(cand, rows, cols, new)
         return cand
-
-    def _window_tables(self, h: int, w: int, s: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        """Boolean tables (h - s + 1, h) and (w - s + 1, w): row ``v`` marks ``v .. v + s - 1``
-        (a square's rows / columns from its corner), built once per side ``s``."""
-        key = (h, w, s)
-        if key not in self._tables:
-            tabs = []
-            for size in (h, w):
-                start = torch.arange(size - s + 1, device=device)[:, None]
-                i = torch.arange(size, device=device)[None, :]
-                tabs.append((i >= start) & (i < start + s))
-            self._tables[key] = (tabs[0], tabs[1])
-        return self._tables[key]
 
     # ---------------------------------------------------------------- L2
     @staticmethod
