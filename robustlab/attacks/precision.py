@@ -3,15 +3,17 @@
 One job: the ``precision`` option shared by APGD, FAB and Square. ``"float32"`` (the default
 everywhere) runs the model as it is. ``"bf16"`` runs the attack's model passes (the gradient
 passes of APGD and FAB, Square's queries) under bf16 autocast: on CPUs with AMX or AVX-512 BF16
-and on recent GPUs they take 0.35-0.45x the float32 time at batches of 32 or more. The search
-path then differs from float32's, so a bf16 run is not bit-identical to a float32 one, but no
-success is ever reported on a bf16 pass alone: every claimed misclassification is re-checked in
-float32, and the ensembles verify every returned point in float32. APGD re-evaluates in
-float32 every iterate that bf16 calls misclassified or whose bf16 margin is within rounding of
-the boundary (:func:`float32_rows`), and uses the float32 loss there: near the boundary the
-loss differences APGD's step-size control and best-point choice compare are below bf16's
-resolution (a CIFAR-10 point whose best reachable margin is -1e-4 fell to float32 APGD-T for
-20 of 20 seeds, to bf16 with bf16 losses for 10 of 20).
+they took 0.4-0.6x the float32 (channels_last) time at 32 rows or more on the benchmark models
+(``bench/bench_precision.py``), and on a CPU a pass of fewer than :data:`MIN_BF16_ROWS` rows
+stays float32. The search path then differs from float32's, so a bf16 run is not bit-identical
+to a float32 one, but no success is ever reported on a bf16 pass alone: every claimed
+misclassification is re-checked in float32, and the ensembles verify every returned point in
+float32. APGD (and Square) re-evaluate in float32 every iterate that bf16 calls misclassified
+or whose bf16 margin is within rounding of the boundary (:func:`float32_rows`), and use the
+float32 loss (margin) there: near the boundary the loss differences that APGD's step-size
+control, its best-point choice and Square's acceptance compare are below bf16's resolution (a
+CIFAR-10 point whose best reachable margin is -1e-4 fell to float32 APGD-T for 20 of 20 seeds,
+to bf16 with bf16 losses for 10 of 20).
 ``"auto"`` is bf16 where the device computes it natively (:func:`bf16_native`), else float32.
 """
 
