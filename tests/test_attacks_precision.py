@@ -98,6 +98,21 @@ def test_bf16_claims_never_count_without_float32(name: str, liar) -> None:
         assert bool((model(res_x).argmax(1) == y).all())
     res = AutoAttack(eps=tiny, precision="bf16", attacks=[(name, kw)], seed=0).run(model, x, y)
     assert res.robust_accuracy == 1.0
+    # The attacks' own success decisions (the checks above hold even for an attack that stops
+    # at a false claim): Square spends every query on a point it did not break; FAB's solver
+    # finds no point, where a bf16 success test would find every clean point at distance 0.
+    if name == "square":
+        assert atk.queries.tolist() == [30] * len(y)
+    if name == "fab-t":
+        from robustlab.attacks import make_threat
+        from robustlab.attacks.boundary import boundary_search
+
+        t = (y + 1) % 4
+        r = boundary_search(
+            model, x, y, None, make_threat("linf", tiny), steps=5, targeted_class=t,
+            max_radius=tiny, any_misclassification=True, precision="bf16",
+        )  # fmt: skip
+        assert not bool(r.found.any())
 
 
 @pytest.mark.parametrize("targeted", [False, True])
@@ -118,6 +133,12 @@ def test_apgd_reports_a_success_only_where_float32_agrees(targeted: bool, liar) 
             wrong = model(res.x_adv).argmax(1) != y
         assert bool((wrong | ~res.broken).all())
         assert int(res.broken.sum()) == (0 if eps < 1e-3 else int(wrong.sum()))
+
+
+def test_autoattack_precision_with_an_attack_without_it_is_a_clear_error() -> None:
+    with pytest.raises(RobustlabError, match="attack 'pgd' does not take precision"):
+        AutoAttack(eps=EPS, attacks=["apgd-ce", "pgd"], precision="bf16")
+    AutoAttack(eps=EPS, attacks=["apgd-ce", "pgd"])  # without precision: fine
 
 
 def test_autoattack_passes_precision_to_every_member() -> None:

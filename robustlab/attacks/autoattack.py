@@ -291,7 +291,12 @@ def build_entries(
             kw["n_queries"] = n_queries
         if precision is not None:
             kw["precision"] = precision
-        built.append((name, create_attack(name, threat=threat, seed=seed, **kw)))
+        try:
+            built.append((name, create_attack(name, threat=threat, seed=seed, **kw)))
+        except TypeError as e:  # an attack of a custom list without the option
+            if precision is None or "precision" not in str(e):
+                raise
+            raise RobustlabError(f"attack {name!r} does not take precision") from None
         repeats.append(reps)
     return built, repeats, skipped
 
@@ -347,7 +352,7 @@ class AutoAttack(Ensemble):
             raise RobustlabError(f"none of the attacks {[e for e in entries]} is available")
         super().__init__(built, th, seed, batch_size, repeats, progress)
         self.version = version if attacks is None else "custom"
-        self.steps, self.n_queries, self.precision = steps, n_queries, precision or "float32"
+        self.steps, self.n_queries = steps, n_queries
         self.skipped = skipped
 
     def __repr__(self) -> str:

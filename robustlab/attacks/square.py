@@ -26,6 +26,7 @@ from robustlab.attacks.precision import (
     bf16_pass,
     check_precision,
     float32_rows,
+    passes,
     use_bf16,
 )
 from robustlab.attacks.threat import ThreatModel
@@ -294,7 +295,7 @@ class Square(Attack):
         boundary get their float32 margin (:func:`~robustlab.attacks.precision.float32_rows`)."""
         if not bf16_pass(getattr(self, "_bf16", False), x):
             return hard_margin(model(x), y)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+        with passes(True, x.device):
             z = model(x)
         zf = z.float()
         m = hard_margin(zf, y)
