@@ -1,0 +1,133 @@
+"""Strength check of the ``fast`` preset against AutoAttack standard on any trained runs: on the
+same images, with the same seed, does ``fast`` break every point that AutoAttack standard breaks?
+
+For each run directory given and each eps, both evaluations run one after another in this
+process (float32, channels_last, 1 thread). Reported per (run, eps): clean and robust accuracy
+of both, the points ``fast`` leaves robust that standard broke (``fast_misses``: the test fails
+on any), the points ``fast`` broke that standard did not, and both CPU times with their ratio.
+
+Meant for models that played no part in choosing ``fast``'s settings (those were chosen on
+MNIST and CIFAR-10 test images 1000-1199): e.g. the reproductions' Fashion-MNIST runs, whose
+objectives (label smoothing, entropy maximisation, distillation, Fisher regularisation, DyART)
+are the kinds that can mask gradients. The list of runs and eps is fixed before the results are
+seen; a run that fails the test is reported, never dropped.
+
+Resumable: the JSON (written atomically after every pair) is read back on start and pairs
+already in it are skipped; a different --n, --start or --seed refuses to mix with it.
+
+Usage: python bench/fast_validation.py RUN_DIR [RUN_DIR ...] [--eps 0.1,0.05] [--n 200]
+       [--start 2000] [--seed 0] [--which best] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_eval import SHARED, run_robustlab  # noqa: E402
+from machine import machine_info, machine_line  # noqa: E402
+
+from robustlab.attacks import AutoAttack, create_attack, parse_eps  # noqa: E402
+from robustlab.data import load_split  # noqa: E402
+from robustlab.io import write_json  # noqa: E402
+from robustlab.train.checkpoint import load_run_model  # noqa: E402
+
+
+def compare(standard: dict, fast: dict) -> dict[str, Any]:
+    """What ``fast`` missed and what it found, from the two evaluations' robust masks."""
+    s, f = standard["robust_mask"], fast["robust_mask"]
+    if len(s) != len(f):
+        raise ValueError(f"masks of different lengths: {len(s)} and {len(f)}")
+    misses = [i for i, (a, b) in enumerate(zip(s, f)) if a == "0" and b == "1"]
+    extra = [i for i, (a, b) in enumerate(zip(s, f)) if a == "1" and b == "0"]
+    return {
+        "fast_misses": misses,  # robust under fast, broken by standard (the test fails on any)
+        "fast_extra": extra,  # broken by fast, robust under standard
+        "fast_at_least_as_strong": not misses,
+        "speedup": round(standard["cpu_seconds"] / max(fast["cpu_seconds"], 1e-9), 2),
+    }
+
+
+def table(result: dict) -> str:
+    """Markdown table, one row per (run, eps)."""
+    lines = [machine_line(result["machine"]), "",
+             f"test images {result['start']}-{result['start'] + result['n'] - 1}, "
+             f"seed {result['seed']}", "",
+             "| run | eps | clean | standard | fast | fast misses | fast extra | "
+             "standard CPU s | fast CPU s | speedup |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for e in result["pairs"]:
+        s, f = e["standard"], e["fast"]
+        lines.append(
+            f"| {e['run']} | {e['eps']:.4g} | {s['clean_accuracy']:.3f} | "
+            f"{s['robust_accuracy']:.3f} | {f['robust_accuracy']:.3f} | "
+            f"{len(e['fast_misses'])} | {len(e['fast_extra'])} | {s['cpu_seconds']:.1f} | "
+            f"{f['cpu_seconds']:.1f} | {e['speedup']:.1f}x |"
+        )
+    return "\n".join(lines)
+
+
+def _load(out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    head = {"benchmark": "fast_validation", "n": args.n, "start": args.start, "seed": args.seed}
+    if not out.exists():
+        return {**head, "machine": machine_info(), "pairs": []}
+    old = json.loads(out.read_text())
+    clash = {k: (old.get(k), v) for k, v in head.items() if old.get(k) != v}
+    if clash:
+        raise SystemExit(f"{out} holds another setting {clash}: pass another --out")
+    return old
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", help="run directories (robustlab train)")
+    ap.add_argument("--eps", default="0.1,0.05", help="comma-separated eps (8/255 allowed)")
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--start", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--which", default="best", choices=("best", "last", "ema"))
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--data-dir", default=str(SHARED / "data"))
+    ap.add_argument("--out", default=str(HERE / "results" / "fast_validation.json"))
+    args = ap.parse_args()
+    eps_list = [parse_eps(e) for e in args.eps.split(",")]
+    for r in args.runs:  # every run must load before any evaluation starts
+        if not (Path(r) / "config.yaml").is_file():
+            raise SystemExit(f"{r}: not a run directory (no config.yaml)")
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    result = _load(out, args)
+    print(machine_line(result["machine"]), flush=True)
+    done = {(e["run"], e["eps"]) for e in result["pairs"]}
+    for run in args.runs:
+        model, cfg = load_run_model(run, which=args.which)
+        sp = load_split(cfg.data.dataset, "test", root=args.data_dir)
+        sl = slice(args.start, args.start + args.n)
+        x, y = sp.images[sl].float() / 255.0, sp.labels[sl].long()
+        for eps in eps_list:
+            if (run, eps) in done:
+                continue
+            std = AutoAttack(eps=eps, seed=args.seed)
+            s = run_robustlab(model, x, y, std, args.batch_size, profile=False)
+            fast = create_attack("fast", eps=eps, seed=args.seed)
+            f = run_robustlab(model, x, y, fast, args.batch_size, profile=False)
+            entry = {"run": run, "dataset": cfg.data.dataset, "model": cfg.model.name,
+                     "objective": cfg.objective.name, "eps": eps, "standard": s, "fast": f,
+                     **compare(s, f)}  # fmt: skip
+            result["pairs"].append(entry)
+            write_json(out, result)
+            print(f"{run} eps {eps:.4g}: standard {s['robust_accuracy']:.3f} "
+                  f"({s['cpu_seconds']} s), fast {f['robust_accuracy']:.3f} "
+                  f"({f['cpu_seconds']} s), misses {entry['fast_misses']}", flush=True)  # fmt: skip
+    print(table(result))
+
+
+if __name__ == "__main__":
+    main()
