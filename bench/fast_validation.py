@@ -43,10 +43,9 @@ from robustlab.train.checkpoint import load_run_model  # noqa: E402
 def compare(standard: dict, fast: dict) -> dict[str, Any]:
     """What ``fast`` missed and what it found, from the two evaluations' robust masks."""
     s, f = standard["robust_mask"], fast["robust_mask"]
-    if len(s) != len(f):
-        raise ValueError(f"masks of different lengths: {len(s)} and {len(f)}")
-    misses = [i for i, (a, b) in enumerate(zip(s, f)) if a == "0" and b == "1"]
-    extra = [i for i, (a, b) in enumerate(zip(s, f)) if a == "1" and b == "0"]
+    pairs = list(enumerate(zip(s, f, strict=True)))  # masks of one image set
+    misses = [i for i, (a, b) in pairs if a == "0" and b == "1"]
+    extra = [i for i, (a, b) in pairs if a == "1" and b == "0"]
     return {
         "fast_misses": misses,  # robust under fast, broken by standard (the test fails on any)
         "fast_extra": extra,  # broken by fast, robust under standard
