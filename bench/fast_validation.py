@@ -123,8 +123,10 @@ def main() -> None:
     ap.add_argument("--diagnose", action="store_true", help="per-target study of the misses")
     ap.add_argument("--out", default=str(HERE / "results" / "fast_validation.json"))
     args = ap.parse_args()
+    if args.n < 1 or args.start < 0:
+        raise SystemExit(f"--n must be >= 1 and --start >= 0, got {args.n} and {args.start}")
     eps_list = [parse_eps(e) for e in args.eps.split(",")]
-    for r in args.runs:  # every run must load before any evaluation starts
+    for r in args.runs:  # every run directory is checked before any evaluation
         if not (Path(r) / "config.yaml").is_file():
             raise SystemExit(f"{r}: not a run directory (no config.yaml)")
     torch.set_num_threads(1)
@@ -133,10 +135,15 @@ def main() -> None:
     print(machine_line(result["machine"]), flush=True)
     done = {(e["run"], e["eps"]) for e in result["pairs"]}
     for run in args.runs:
+        if all((run, eps) in done for eps in eps_list):
+            continue
         model, cfg = load_run_model(run, which=args.which)
         sp = load_split(cfg.data.dataset, "test", root=args.data_dir)
         sl = slice(args.start, args.start + args.n)
         x, y = sp.images[sl].float() / 255.0, sp.labels[sl].long()
+        if x.shape[0] < args.n:
+            raise SystemExit(f"{run}: the {cfg.data.dataset} test split has no images "
+                             f"{args.start}-{args.start + args.n - 1}")  # fmt: skip
         for eps in eps_list:
             if (run, eps) in done:
                 continue

@@ -97,8 +97,7 @@ def _coins(shape: tuple[int, ...], gen: torch.Generator, device: torch.device) -
 class _Active:
     """The points Square still queries, compacted: every query works on these tensors whole
     (no gather from and scatter into the full batch); ``pos`` are their rows in the batch.
-    ``hilo``: ``clamp(x + eps)`` then ``clamp(x - eps)`` stacked on the channels (n, 2c, h, w),
-    the two values a Linf square can take, so that one gather reads both."""
+    ``lo`` / ``hi``: ``clamp(x -+ eps)``, the two values a Linf square can take."""
 
     pos: Tensor
     x: Tensor
@@ -106,7 +105,8 @@ class _Active:
     eps: Tensor
     best: Tensor
     m: Tensor
-    hilo: Tensor | None
+    lo: Tensor | None
+    hi: Tensor | None
     limit: Tensor | None  # per-point query budgets, or None (n_queries for all)
 
     @classmethod
@@ -121,9 +121,9 @@ class _Active:
         limit: Tensor | None,
     ) -> _Active:
         e = eps[:, None, None, None]
-        hilo = torch.cat([(x + e).clamp(0.0, 1.0), (x - e).clamp(0.0, 1.0)], 1) if linf else None
+        lo, hi = ((x - e).clamp(0.0, 1.0), (x + e).clamp(0.0, 1.0)) if linf else (None, None)
         pos = torch.arange(x.shape[0], device=x.device)
-        act = cls(pos, x, y, eps, best.clone(), m, hilo, limit)
+        act = cls(pos, x, y, eps, best.clone(), m, lo, hi, limit)
         live = (m > 0) if limit is None else (m > 0) & (limit > 1)
         return act if bool(live.all()) else act.keep(live.nonzero().squeeze(1))
 
@@ -131,20 +131,6 @@ class _Active:
         """The active set restricted to its rows ``k``."""
         parts = (getattr(self, f.name) for f in fields(self))
         return _Active(*(None if t is None else t[k] for t in parts))
-
-
-class _Aranges:
-    """``arange(k)`` tensors of one device, made once per length: a Square step indexes with
-    them, and at a few rows per query their allocation is a visible share of its time."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self._made: dict[int, Tensor] = {}
-
-    def __call__(self, k: int) -> Tensor:
-        if k not in self._made:
-            self._made[k] = torch.arange(k, device=self.device)
-        return self._made[k]
 
 
 def _get(t: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
@@ -275,22 +261,18 @@ class Square(Attack):
         # Every Linf value in a square and in the best point is exactly clamp(x -+ eps), so
         # for eps >= 1e-5 "the square would not change" (|difference| < 1e-7) is equality.
         self._exact_same = linf and bool(eps.min() >= 1e-5)
-        aranges = _Aranges(x.device)
         for it in range(1, top):
             if act.pos.numel() == 0:
                 break
             # update it - 1 counted from 0 after the initialisation, as the reference counts
             p = p_schedule(self.p_init, it - 1, self.n_queries, self.rescale_schedule)
             if linf:
-                cand = self._step_linf(act, p, gen, aranges)
+                cand = self._step_linf(act, p, gen)
             else:
                 cand = self._step_l2(act.x, act.best, act.eps, p, gen)
             m_new = self._margin(model, cand, act.y)
             better = (m_new < act.m).nonzero().squeeze(1)
-            if better.numel() == m_new.numel():  # cand is a fresh tensor: take it whole
-                act.best = cand
-            elif better.numel():  # act.best is Square's own (a copy, see start)
-                act.best[better] = cand[better]
+            act.best[better] = cand[better]  # act.best is Square's own (a copy, see start)
             act.m = torch.minimum(m_new, act.m)
             done = m_new <= 0
             if it + 1 in stops:  # some points have spent their budget
@@ -330,7 +312,7 @@ class Square(Attack):
         stripes = _signs((n, c, 1, w), gen, x)
         return (x + eps[:, None, None, None] * stripes).clamp(0.0, 1.0)
 
-    def _step_linf(self, a: _Active, p: float, gen: torch.Generator, ar: _Aranges) -> Tensor:
+    def _step_linf(self, a: _Active, p: float, gen: torch.Generator) -> Tensor:
         """Set a random square (one per sample) to +-eps, one sign per channel; the signs are
         redrawn (up to 10 times) for samples whose square would not change."""
         n, c, h, w = a.x.shape
@@ -339,16 +321,13 @@ class Square(Attack):
         dev = a.x.device
         vh = torch.randint(0, h - s + 1, (n,), generator=gen, device=dev)
         vw = torch.randint(0, w - s + 1, (n,), generator=gen, device=dev)
-        # Work on the squares only, gathered as (n, s, s, c) (channels last: no permutes):
-        # outside them the candidate is the best point, so "would not change" compares the
-        # squares, and the candidate is one copy plus them. A sign drawn for (sample, channel)
-        # is the same draw whatever the layout.
-        idx = (ar(n)[:, None, None], slice(None), (vh[:, None] + ar(s))[:, :, None])
-        idx += ((vw[:, None] + ar(s))[:, None, :],)
-        assert a.hilo is not None
-        hilo, best = a.hilo[idx], a.best[idx]
-        hi, lo = hilo[..., :c], hilo[..., c:]
-        new = torch.where(_coins((n, 1, 1, c), gen, dev), hi, lo)
+        # Work on the squares only (n, c, s, s): outside them the candidate is the best point,
+        # so "would not change" compares the squares, and the candidate is one copy plus them.
+        ar = torch.arange(s, device=dev)
+        rows, cols = vh[:, None] + ar, vw[:, None] + ar
+        assert a.hi is not None and a.lo is not None
+        hi, lo, best = _get(a.hi, rows, cols), _get(a.lo, rows, cols), _get(a.best, rows, cols)
+        new = torch.where(_coins((n, c, 1, 1), gen, dev), hi, lo)
         for _ in range(10):
             if self._exact_same:
                 same = (new == best).all((1, 2, 3))
@@ -356,10 +335,10 @@ class Square(Attack):
                 same = (new - best).abs().amax((1, 2, 3)) < 1e-7
             if not bool(same.any()):
                 break
-            redraw = torch.where(_coins((n, 1, 1, c), gen, dev), hi, lo)
+            redraw = torch.where(_coins((n, c, 1, 1), gen, dev), hi, lo)
             new = torch.where(same.view(-1, 1, 1, 1), redraw, new)
         cand = a.best.clone()
-        cand[idx] = new
+        _put(cand, rows, cols, new)
         return cand
 
     # ---------------------------------------------------------------- L2
