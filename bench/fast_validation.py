@@ -12,6 +12,11 @@ objectives (label smoothing, entropy maximisation, distillation, Fisher regulari
 are the kinds that can mask gradients. The list of runs and eps is fixed before the results are
 seen; a run that fails the test is reported, never dropped.
 
+``--standard-from FILE`` takes AutoAttack standard's record for a (run, eps) from an earlier
+result of this script with the same --n, --start and --seed instead of running it again (for a
+changed ``fast`` while standard's code is unchanged; its CPU time is the earlier measurement,
+and the entry names the file); pairs the file lacks run standard as usual.
+
 Resumable: the JSON (written atomically after every pair) is read back on start and pairs
 already in it are skipped; a different --n, --start or --seed refuses to mix with it.
 
@@ -22,7 +27,7 @@ ranked in MALT's first three that breaks the image in some seeds only is run-to-
 target ranked below them is a miss of MALT's ranking.
 
 Usage: python bench/fast_validation.py RUN_DIR [RUN_DIR ...] [--eps 0.1,0.05] [--n 200]
-       [--start 2000] [--seed 0] [--which best] [--diagnose] [--out FILE]
+       [--start 2000] [--seed 0] [--which best] [--diagnose] [--standard-from FILE] [--out FILE]
 """
 
 from __future__ import annotations
@@ -121,6 +126,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--data-dir", default=str(SHARED / "data"))
     ap.add_argument("--diagnose", action="store_true", help="per-target study of the misses")
+    ap.add_argument("--standard-from", help="earlier result: reuse its AutoAttack standard runs")
     ap.add_argument("--out", default=str(HERE / "results" / "fast_validation.json"))
     args = ap.parse_args()
     if args.n < 1 or args.start < 0:
@@ -132,6 +138,7 @@ def main() -> None:
     torch.set_num_threads(1)
     out = Path(args.out)
     result = _load(out, args)
+    earlier = _standard_records(args)
     print(machine_line(result["machine"]), flush=True)
     done = {(e["run"], e["eps"]) for e in result["pairs"]}
     for run in args.runs:
@@ -147,13 +154,17 @@ def main() -> None:
         for eps in eps_list:
             if (run, eps) in done:
                 continue
-            std = AutoAttack(eps=eps, seed=args.seed)
-            s = run_robustlab(model, x, y, std, args.batch_size, profile=False)
+            s = earlier.get((run, eps))
+            if s is None:
+                std = AutoAttack(eps=eps, seed=args.seed)
+                s = run_robustlab(model, x, y, std, args.batch_size, profile=False)
             fast = create_attack("fast", eps=eps, seed=args.seed)
             f = run_robustlab(model, x, y, fast, args.batch_size, profile=False)
             entry = {"run": run, "dataset": cfg.data.dataset, "model": cfg.model.name,
                      "objective": cfg.objective.name, "eps": eps, "standard": s, "fast": f,
                      **compare(s, f)}  # fmt: skip
+            if (run, eps) in earlier:
+                entry["standard_from"] = args.standard_from
             result["pairs"].append(entry)
             write_json(out, result)
             print(f"{run} eps {eps:.4g}: standard {s['robust_accuracy']:.3f} "
@@ -162,6 +173,22 @@ def main() -> None:
     if args.diagnose:
         _diagnose_all(result, args, out)
     print(table(result))
+
+
+def _standard_records(args: argparse.Namespace) -> dict[tuple[str, float], dict]:
+    """AutoAttack standard's records by (run, eps) from ``--standard-from`` (none without it);
+    the file must hold the same --n, --start and --seed."""
+    if not args.standard_from:
+        return {}
+    path = Path(args.standard_from)
+    if not path.is_file():
+        raise SystemExit(f"--standard-from {path}: no such file")
+    old = json.loads(path.read_text())
+    head = {"n": args.n, "start": args.start, "seed": args.seed}
+    clash = {k: (old.get(k), v) for k, v in head.items() if old.get(k) != v}
+    if old.get("benchmark") != "fast_validation" or clash:
+        raise SystemExit(f"--standard-from {path}: not a result with the same setting {clash}")
+    return {(e["run"], e["eps"]): e["standard"] for e in old["pairs"]}
 
 
 def _diagnose_all(result: dict, args: argparse.Namespace, out: Path) -> None:

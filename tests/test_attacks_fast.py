@@ -34,6 +34,51 @@ def test_malt_ranks_targets_by_linearised_distance_not_by_logit() -> None:
     assert bool((got != logit_order).any())  # the ranking differs from logit order somewhere
 
 
+def test_malt_apgd_t_attacks_malts_targets_in_cpu_sized_passes(monkeypatch) -> None:
+    """apgd-t-malt runs targeted APGD against MALT's targets, nearest first (not the logit
+    order), and no model pass is wider than APGD-T's 128 CPU rows although 100 points x 3
+    targets are 300 rows."""
+    import importlib
+
+    apgd_mod = importlib.import_module("robustlab.attacks.apgd")  # the package shadows it
+    model = linear_model(30, 6, seed=2)
+    x = torch.rand(100, 30, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = model(x).argmax(1)
+    th = make_threat("linf", 0.01)  # small: few points break, every target gets its turn
+    want = malt_targets(model, x, y, th, n_targets=3, candidates=20)
+    tried: dict[tuple[int, int], int] = {}
+    widest = [0]
+    real_apgd = apgd_mod.apgd
+
+    def spy(m, xs, ys, t, *a, **k):  # type: ignore[no-untyped-def]
+        for row, tgt in zip(xs, k["y_target"].tolist(), strict=True):
+            i = int((x - row).abs().sum(1).argmin())
+            tried[(i, tgt)] = tried.get((i, tgt), 0) + 1
+        return real_apgd(m, xs, ys, t, *a, **k)
+
+    class Counting(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            widest[0] = max(widest[0], z.shape[0])
+            return self.inner(z)
+
+    monkeypatch.setattr(apgd_mod, "apgd", spy)
+    attack = create_attack("apgd-t-malt", eps=0.01, steps=5, n_targets=3)
+    x_adv = attack(Counting(), x, y)
+    assert widest[0] <= 128
+    with torch.no_grad():
+        broken = model(x_adv).argmax(1) != y
+    for i in range(100):  # a point leaves at its first success: later targets are skipped
+        firsts = want[i].tolist()
+        got = [t for t in firsts if (i, t) in tried]
+        assert got == firsts[: len(got)] and got, (i, got, firsts)
+        assert len(got) == 3 or bool(broken[i])
+        assert all((i, t) not in tried for t in range(6) if t not in firsts)
+
+
 def test_normalized_margin_is_negative_exactly_when_misclassified() -> None:
     z = torch.tensor([[3.0, 1.0, 0.0, -1.0], [0.0, 2.0, 1.0, 0.5]])
     m = normalized_margin(z, torch.tensor([0, 0]))

@@ -270,8 +270,10 @@ def apgd_targeted(
     target_batch: int | None = None,
     early_stop: bool = True,
     precision: str = "float32",
+    order: Tensor | None = None,
 ) -> APGDResult:
-    """APGD with the targeted DLR loss against the ``n_targets`` most likely other classes.
+    """APGD with the targeted DLR loss against the ``n_targets`` most likely other classes
+    (``order``, (N, n) target classes in the order to try, replaces the logit order).
 
     Targets are run ``target_batch`` at a time (default: as many as fit in 128 rows on a CPU,
     4096 on a GPU); a sample leaves as soon as one target breaks it, and later target chunks
@@ -285,11 +287,11 @@ def apgd_targeted(
     k = logits.shape[1]
     if k < 4:
         raise RobustlabError(f"APGD-T needs at least 4 classes (targeted DLR), the model has {k}")
-    n_targets = min(int(n_targets), k - 1)
+    n_targets = min(int(n_targets), k - 1 if order is None else order.shape[1])
     if n_targets < 1:
         raise RobustlabError("APGD-T needs at least one target class")
-    z = logits.clone().scatter_(1, y[:, None], float("-inf"))
-    order = z.argsort(1, descending=True)[:, :n_targets]  # most likely wrong classes first
+    if order is None:  # most likely wrong classes first
+        order = logits.clone().scatter_(1, y[:, None], float("-inf")).argsort(1, descending=True)
     if target_batch is None:  # rows per call: CPUs slow down once activations leave the cache
         max_rows = 4096 if x.device.type == "cuda" else 128
         target_batch = max(1, max_rows // max(n, 1))

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robustlab.attacks.apgd import apgd
+from robustlab.attacks.apgd import apgd_targeted
 from robustlab.attacks.autoattack import Ensemble, EnsembleResult, _stage_record
 from robustlab.attacks.base import Attack, register_attack, resolve_threat
 from robustlab.attacks.precision import check_precision
@@ -88,7 +88,8 @@ def normalized_margin(logits: Tensor, y: Tensor) -> Tensor:
 @register_attack("apgd-t-malt")
 class MALTAPGDT(Attack):
     """Targeted APGD (targeted DLR, ``steps``) against the ``n_targets`` MALT-ranked classes,
-    all targets of a point side by side; a point leaves at its first success."""
+    nearest first, batched as APGD-T batches its targets (:func:`apgd_targeted`: at most 128
+    rows per model pass on a CPU); a point leaves at its first success."""
 
     name = "apgd-t-malt"
 
@@ -120,24 +121,18 @@ class MALTAPGDT(Attack):
             if model(x[:1]).shape[1] < 4:
                 raise RobustlabError("apgd-t-malt needs at least 4 classes (targeted DLR)")
         targets = malt_targets(model, x, y, self.threat, self.n_targets, self.candidates)
-        nt = targets.shape[1]
-        rows_x = x.repeat(nt, *([1] * (x.dim() - 1)))
-        res = apgd(
+        res = apgd_targeted(
             model,
-            rows_x,
-            y.repeat(nt),
-            self.threat.subset(torch.arange(n, device=x.device).repeat(nt)),
+            x,
+            y,
+            self.threat,
+            n_targets=targets.shape[1],
             steps=self.steps,
-            loss="dlr",
-            y_target=targets.T.reshape(-1),
             generator=generator,
-            groups=torch.arange(n, device=x.device).repeat(nt),
             precision=self.precision,
+            order=targets,
         )
-        hit = res.broken.reshape(nt, n)
-        score = torch.where(hit, float("inf"), res.loss_best.reshape(nt, n))
-        pick = score.argmax(0)
-        return res.x_adv.reshape(nt, n, *x.shape[1:])[pick, torch.arange(n, device=x.device)]
+        return res.x_adv
 
 
 def _logits(model: nn.Module, x: Tensor, bs: int) -> Tensor:
