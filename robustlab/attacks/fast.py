@@ -8,7 +8,9 @@ the points still robust (like every :class:`~robustlab.attacks.autoattack.Ensemb
    (3) classes ranked first by MALT's criterion (Melamed, Yehudai & Shamir 2024): the
    linearised distance to class ``k``'s boundary, ``(z_y - z_k) / ||grad(z_y - z_k)||_*``
    (``*`` the dual norm of the threat model), instead of AutoAttack's logit order over 9
-   targets. The candidates are the ``candidates`` (20) most likely other classes.
+   targets. The candidates are the ``candidates`` (20) most likely other classes. The targets
+   run as APGD-T runs its own (:func:`~robustlab.attacks.apgd.apgd_targeted`): at most 128
+   rows per model pass on a CPU, each target's random starts seeded on their own.
 3. ``square-close``: Square (AutoAttack's schedule) only on the ``square_fraction`` (a tenth)
    of the surviving points that the white-box stages brought closest to the boundary
    (smallest DLR-normalised margin ``m = (z_y - max_{k != y} z_k) / (z_pi1 - z_pi3)`` at the
@@ -26,8 +28,8 @@ the points still robust (like every :class:`~robustlab.attacks.autoattack.Ensemb
 No FAB-T stage. When to use which: AutoAttack standard for numbers compared with the
 literature; ``fast`` for model selection, sweeps and monitoring. It was measured at least as
 strong as AutoAttack standard on every model of ``bench/bench_eval.py``; on 27 other models
-(``bench/fast_validation.py``, 54 model-eps pairs) it missed 7 points standard broke and broke 6
-standard missed: six misses were run-to-run variance of one targeted APGD run, one a target
+(``bench/fast_validation.py``, 54 model-eps pairs) it missed 4 points standard broke and broke 5
+standard missed: three misses were run-to-run variance of one targeted APGD run, one a target
 MALT ranked fifth on an entropy-maximisation model (docs/evaluation.md, with CPU times). It is
 not a replacement for adaptive attacks.
 """
