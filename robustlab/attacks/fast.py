@@ -28,9 +28,9 @@ the points still robust (like every :class:`~robustlab.attacks.autoattack.Ensemb
 No FAB-T stage. When to use which: AutoAttack standard for numbers compared with the
 literature; ``fast`` for model selection, sweeps and monitoring. It was measured at least as
 strong as AutoAttack standard on every model of ``bench/bench_eval.py``; on 27 other models
-(``bench/fast_validation.py``, 54 model-eps pairs) it missed 4 points standard broke and broke 5
-standard missed: three misses were run-to-run variance of one targeted APGD run, one a target
-MALT ranked fifth on an entropy-maximisation model (docs/evaluation.md, with CPU times). It is
+in two seeds (``bench/fast_validation.py``, 108 model-eps pairs) it missed 9 points standard
+broke and broke 9 standard missed: most misses were run-to-run variance of one targeted APGD run,
+two a target MALT ranked fourth or fifth (docs/evaluation.md, with CPU times). It is
 not a replacement for adaptive attacks.
 """
 
