@@ -104,15 +104,27 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _load(out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    head = {"benchmark": "fast_validation", "n": args.n, "start": args.start, "seed": args.seed}
-    if not out.exists():
-        return {**head, "machine": machine_info(), "pairs": []}
-    old = json.loads(out.read_text())
-    clash = {k: (old.get(k), v) for k, v in head.items() if old.get(k) != v}
+def _head(args: argparse.Namespace) -> dict[str, Any]:
+    return {"benchmark": "fast_validation", "n": args.n, "start": args.start, "seed": args.seed}
+
+
+def _read_same_setting(path: Path, args: argparse.Namespace, what: str) -> dict[str, Any]:
+    """An earlier result of this script at ``path``, which must hold this run's --n, --start
+    and --seed (a one-line error naming ``what`` otherwise)."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise SystemExit(f"{what} {path}: not a readable result ({err})") from None
+    clash = {k: (old.get(k), v) for k, v in _head(args).items() if old.get(k) != v}
     if clash:
-        raise SystemExit(f"{out} holds another setting {clash}: pass another --out")
+        raise SystemExit(f"{what} {path} holds another setting {clash}")
     return old
+
+
+def _load(out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    if not out.exists():
+        return {**_head(args), "machine": machine_info(), "pairs": []}
+    return _read_same_setting(out, args, "--out (pass another)")
 
 
 def main() -> None:
@@ -180,14 +192,7 @@ def _standard_records(args: argparse.Namespace) -> dict[tuple[str, float], dict]
     the file must hold the same --n, --start and --seed."""
     if not args.standard_from:
         return {}
-    path = Path(args.standard_from)
-    if not path.is_file():
-        raise SystemExit(f"--standard-from {path}: no such file")
-    old = json.loads(path.read_text())
-    head = {"n": args.n, "start": args.start, "seed": args.seed}
-    clash = {k: (old.get(k), v) for k, v in head.items() if old.get(k) != v}
-    if old.get("benchmark") != "fast_validation" or clash:
-        raise SystemExit(f"--standard-from {path}: not a result with the same setting {clash}")
+    old = _read_same_setting(Path(args.standard_from), args, "--standard-from")
     return {(e["run"], e["eps"]): e["standard"] for e in old["pairs"]}
 
 
