@@ -13,6 +13,7 @@ from torch import nn
 from robustlab.attacks import FastAttack, create_attack, make_threat
 from robustlab.attacks.fast import malt_targets, normalized_margin
 from robustlab.attacks.square import Square
+from robustlab.errors import RobustlabError
 from robustlab.models import create_model, load_checkpoint
 
 
@@ -117,8 +118,8 @@ def test_fast_runs_square_only_on_the_closest_points(trades: nn.Module, shared_d
     atk = FastAttack(eps=0.3, steps=5, n_targets=2, n_queries=20, square_fraction=0.25)
     res = atk.run(trades, x, y)
     rec = {p["attack"]: p for p in res.per_attack}
-    assert list(rec) == ["apgd-ce", "apgd-t-malt", "square-close"]
-    survivors = rec["apgd-t-malt"]["attacked"] - rec["apgd-t-malt"]["broken"]
+    assert list(rec) == ["apgd-ce", "apgd-t-malt", "apgd-t-close", "square-close"]
+    survivors = rec["apgd-t-close"]["attacked"] - rec["apgd-t-close"]["broken"]
     assert rec["square-close"]["attacked"] == survivors
     assert isinstance(create_attack("fast", eps=0.3), FastAttack)
     adv_dist = (res.x_adv - x).abs().flatten(1).amax(1)
@@ -165,7 +166,7 @@ def test_fast_spends_square_budgets_on_the_closest_fraction(trades: nn.Module, s
     sq.attack_with_budgets = spy  # type: ignore[method-assign]
     res = atk.run(trades, x, y)
     rec = {p["attack"]: p for p in res.per_attack}
-    survivors = rec["apgd-t-malt"]["attacked"] - rec["apgd-t-malt"]["broken"]
+    survivors = rec["apgd-t-close"]["attacked"] - rec["apgd-t-close"]["broken"]
     assert survivors >= 4  # not vacuous
     budgets = torch.cat([b for b, _ in calls])
     queries = torch.cat([q for _, q in calls])
@@ -178,3 +179,43 @@ def test_fast_spends_square_budgets_on_the_closest_fraction(trades: nn.Module, s
     with torch.no_grad():
         ce_robust = trades(ce).argmax(1) == y
     assert bool((res.robust_correct <= ce_robust).all())
+
+
+def test_closest_picks_the_smallest_margins_in_index_order() -> None:
+    margin = torch.tensor([0.5, -1.0, 0.1, 0.3, 0.1, 2.0, 0.05])
+    todo = torch.tensor([0, 2, 3, 4, 5, 6])  # point 1 is already broken
+    assert FastAttack.closest(todo, margin, 0.5).tolist() == [2, 4, 6]  # ceil(3): 0.05, 0.1, 0.1
+    assert FastAttack.closest(todo, margin, 0.3).tolist() == [2, 6]  # ties: the earlier index
+    assert FastAttack.closest(todo, margin, 0.0).numel() == 0
+    assert FastAttack.closest(todo, margin, 1.0).tolist() == todo.tolist()
+    thirty = torch.arange(30)
+    assert FastAttack.closest(thirty, torch.rand(30), 0.1).numel() == 3  # 0.1 * 30 > 3 in floats
+
+
+def test_fast_restarts_apgd_t_on_the_closest_survivors(trades: nn.Module, shared_data) -> None:
+    """apgd-t-close runs MALT's targets again, from the next seed's random starts, on the
+    ceil(restart_fraction * survivors) points closest to the boundary; 0 drops the stage."""
+    from robustlab.attacks.fast import MALTAPGDT
+
+    x, y = _mnist(shared_data, 24)
+    atk = FastAttack(eps=0.3, steps=5, n_targets=2, n_queries=20, restart_fraction=0.3, seed=4)
+    first, again = (a for _, a in atk.attacks if isinstance(a, MALTAPGDT))
+    assert (first.seed, again.seed) == (4, 5)
+    seen: list[int] = []
+    orig = again.perturb
+
+    def spy(model, xc, yc, generator):
+        seen.append(xc.shape[0])
+        return orig(model, xc, yc, generator)
+
+    again.perturb = spy  # type: ignore[method-assign]
+    rec = {p["attack"]: p for p in atk.run(trades, x, y).per_attack}
+    survivors = rec["apgd-t-malt"]["attacked"] - rec["apgd-t-malt"]["broken"]
+    assert survivors >= 4  # not vacuous
+    assert rec["apgd-t-close"]["attacked"] == survivors
+    assert sum(seen) == -(-3 * survivors // 10)  # ceil(0.3 * survivors)
+    off = FastAttack(eps=0.3, restart_fraction=0)
+    assert [a for a, _ in off.attacks] == ["apgd-ce", "apgd-t-malt", "square-close"]
+    for bad in (-0.1, 1.5, True):
+        with pytest.raises(RobustlabError, match="restart_fraction"):
+            FastAttack(eps=0.3, restart_fraction=bad)
