@@ -24,10 +24,11 @@ the points still robust (like every :class:`~robustlab.attacks.autoattack.Ensemb
    of the surviving points closest to the boundary (the same margin), in the spirit of A3's
    dropping of hopeless points (Liu et al. CVPR 2022), each with a query budget that scales
    with how close it came: ``n_queries`` (5000, AutoAttack's) within ``full_margin`` (0.1) of
-   the boundary, ``n_queries * full_margin / m`` beyond (:meth:`FastAttack.square_budgets`). Chosen on MNIST/CIFAR-10 test images
-   1000-1199 (``bench/fast_square_study.py``): Square on every survivor broke 3 of 180 TRADES
-   points, at closeness ranks 0.6-3.3% after 1146-2828 queries (margin x queries <= 245, the
-   budget allows 500), and none of 162 LeNet / 29 CIFAR survivors.
+   the boundary, ``n_queries * full_margin / m`` beyond (:meth:`FastAttack.square_budgets`).
+   Chosen on MNIST/CIFAR-10 test images 1000-1199 (``bench/fast_square_study.py``): Square on
+   every survivor broke 3 of 180 TRADES points, at closeness ranks 0.6-3.3% after 1146-2828
+   queries (margin x queries <= 245, the budget allows 500), and none of 162 LeNet / 29 CIFAR
+   survivors.
    ``precision="bf16"`` (opt-in; ``square_precision`` for Square alone) runs the model
    passes under bf16 autocast with every success decided in float32
    (:mod:`robustlab.attacks.precision`); the default is float32.
