@@ -16,8 +16,8 @@ the points still robust (like every :class:`~robustlab.attacks.autoattack.Ensemb
    DLR-normalised margin ``m = (z_y - max_{k != y} z_k) / (z_pi1 - z_pi3)`` at the best point
    found, :meth:`FastAttack.closest`). Why: AutoAttack's APGD-T gets 9 random starts per point
    (one per target), ``apgd-t-malt`` 3; of the 9 points the earlier ``fast`` (without this
-   stage) missed on 27 models in two seeds, 7 were among the closest 5% of the survivors and
-   broken by one of MALT's first two targets in 4-9 of 10 single runs: chance, near the
+   stage) missed on 27 models in two seeds, 7 were among the closest 5% of the survivors, 6 of
+   them broken by one of MALT's first two targets in 4-9 of 10 single runs: chance, near the
    boundary. Its settings were fixed on those models and checked on a third seed
    (docs/evaluation.md).
 4. ``square-close``: Square (AutoAttack's schedule) only on the ``square_fraction`` (a tenth)
