@@ -221,12 +221,12 @@ class FastAttack(Ensemble):
             t0 = time.perf_counter()
             n_in = int(robust.sum())
             todo = robust.nonzero().squeeze(1)
-            fn = partial(attack, model)
-            y_in = y
-            if label == "square-close" and todo.numel():
-                todo, fn, y_in = self._square_plan(attack, model, todo, margin, y)
-            elif label == "apgd-t-close":
-                todo = self.closest(todo, margin, self.restart_fraction)
+            fn, y_in = partial(attack, model), y
+            close = {"apgd-t-close": self.restart_fraction, "square-close": self.square_fraction}
+            if label in close:  # the close stages: only the survivors nearest the boundary
+                todo = self.closest(todo, margin, close[label])
+            if label == "square-close":
+                fn, y_in = self._square_plan(attack, model, margin, y)
             if todo.numel():
                 adv = self.run_chunks(fn, x, y_in, todo, label)
                 z = _logits(model, adv, bs)
@@ -263,19 +263,18 @@ class FastAttack(Ensemble):
         return scaled.clamp(1, self.n_queries).long()
 
     def _square_plan(
-        self, attack: Attack, model: nn.Module, todo: Tensor, margin: Tensor, y: Tensor
-    ) -> tuple[Tensor, Any, Tensor]:
-        """The closest ``square_fraction`` of ``todo``, a function running Square on them with
-        :meth:`square_budgets`, and the labels to pass it: ``(label, budget)`` rows, so that
-        each chunk of :meth:`run_chunks` carries its points' budgets."""
+        self, attack: Attack, model: nn.Module, margin: Tensor, y: Tensor
+    ) -> tuple[Any, Tensor]:
+        """A function running Square with :meth:`square_budgets`, and the labels to pass it:
+        ``(label, budget)`` rows, so that each chunk of :meth:`run_chunks` carries its points'
+        budgets."""
         assert isinstance(attack, Square)
-        todo = self.closest(todo, margin, self.square_fraction)
         y_in = torch.stack([y, self.square_budgets(margin).to(y.device)], 1)
 
         def run(xc: Tensor, yb: Tensor) -> Tensor:
             return attack.attack_with_budgets(model, xc, yb[:, 0], yb[:, 1])
 
-        return todo, run, y_in
+        return run, y_in
 
     def __repr__(self) -> str:
         return f"FastAttack({self.threat!r}, {[a for a, _ in self.attacks]})"
