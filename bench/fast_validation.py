@@ -18,7 +18,11 @@ changed ``fast`` while standard's code is unchanged; its CPU time is the earlier
 and the entry names the file); pairs the file lacks run standard as usual.
 
 Resumable: the JSON (written atomically after every pair) is read back on start and pairs
-already in it are skipped; a different --n, --start or --seed refuses to mix with it.
+already in it are skipped; a different --n, --start, --seed or --fast-option refuses to mix
+with it.
+
+``--fast-option KEY=VALUE`` (repeatable; the value read as YAML) passes an option to the ``fast``
+preset, e.g. ``malt_point=apgd-ce``; the JSON records them under ``fast_options``.
 
 ``--diagnose`` (after the runs): every image in a pair's misses and extras is attacked alone by
 targeted APGD (100 steps, targeted DLR) against each other class with seeds 0-9; the JSON gets,
@@ -28,6 +32,7 @@ target ranked below them is a miss of MALT's ranking.
 
 Usage: python bench/fast_validation.py RUN_DIR [RUN_DIR ...] [--eps 0.1,0.05] [--n 200]
        [--start 2000] [--seed 0] [--which best] [--diagnose] [--standard-from FILE] [--out FILE]
+       [--fast-option KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -50,6 +56,7 @@ from robustlab.attacks.apgd import apgd  # noqa: E402
 from robustlab.attacks.fast import malt_targets  # noqa: E402
 from robustlab.attacks.threat import make_threat  # noqa: E402
 from robustlab.data import load_split  # noqa: E402
+from robustlab.errors import RobustlabError  # noqa: E402
 from robustlab.io import write_json  # noqa: E402
 from robustlab.train.checkpoint import load_run_model  # noqa: E402
 
@@ -121,10 +128,29 @@ def _read_same_setting(path: Path, args: argparse.Namespace, what: str) -> dict[
     return old
 
 
-def _load(out: Path, args: argparse.Namespace) -> dict[str, Any]:
+def _load(out: Path, args: argparse.Namespace, opts: dict[str, Any]) -> dict[str, Any]:
     if not out.exists():
-        return {**_head(args), "machine": machine_info(), "pairs": []}
-    return _read_same_setting(out, args, "--out (pass another)")
+        return {**_head(args), "fast_options": opts, "machine": machine_info(), "pairs": []}
+    old = _read_same_setting(out, args, "--out (pass another)")
+    held = old.get("fast_options", {})
+    if held != opts:
+        raise SystemExit(f"--out {out} holds fast options {held}, not {opts}")
+    return old
+
+
+def _fast_options(items: list[str], eps: float) -> dict[str, Any]:
+    """``KEY=VALUE`` options of the fast preset (values read as YAML), checked by building it."""
+    opts: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--fast-option takes KEY=VALUE, got {item!r}")
+        opts[key] = yaml.safe_load(value)
+    try:
+        create_attack("fast", eps=eps, **opts)
+    except (TypeError, RobustlabError) as err:
+        raise SystemExit(f"--fast-option: {err}") from None
+    return opts
 
 
 def main() -> None:
@@ -140,16 +166,24 @@ def main() -> None:
     ap.add_argument("--diagnose", action="store_true", help="per-target study of the misses")
     ap.add_argument("--standard-from", help="earlier result: reuse its AutoAttack standard runs")
     ap.add_argument("--out", default=str(HERE / "results" / "fast_validation.json"))
+    ap.add_argument(
+        "--fast-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the fast preset (repeatable), e.g. malt_point=apgd-ce",
+    )
     args = ap.parse_args()
     if args.n < 1 or args.start < 0:
         raise SystemExit(f"--n must be >= 1 and --start >= 0, got {args.n} and {args.start}")
     eps_list = [parse_eps(e) for e in args.eps.split(",")]
+    opts = _fast_options(args.fast_option, eps_list[0])
     for r in args.runs:  # every run directory is checked before any evaluation
         if not (Path(r) / "config.yaml").is_file():
             raise SystemExit(f"{r}: not a run directory (no config.yaml)")
     torch.set_num_threads(1)
     out = Path(args.out)
-    result = _load(out, args)
+    result = _load(out, args, opts)
     earlier = _standard_records(args)
     print(machine_line(result["machine"]), flush=True)
     done = {(e["run"], e["eps"]) for e in result["pairs"]}
@@ -170,7 +204,7 @@ def main() -> None:
             if s is None:
                 std = AutoAttack(eps=eps, seed=args.seed)
                 s = run_robustlab(model, x, y, std, args.batch_size, profile=False)
-            fast = create_attack("fast", eps=eps, seed=args.seed)
+            fast = create_attack("fast", eps=eps, seed=args.seed, **opts)
             f = run_robustlab(model, x, y, fast, args.batch_size, profile=False)
             entry = {"run": run, "dataset": cfg.data.dataset, "model": cfg.model.name,
                      "objective": cfg.objective.name, "eps": eps, "standard": s, "fast": f,

@@ -219,3 +219,40 @@ def test_fast_restarts_apgd_t_on_the_closest_survivors(trades: nn.Module, shared
     for bad in (-0.1, 1.5, True):
         with pytest.raises(RobustlabError, match="restart_fraction"):
             FastAttack(eps=0.3, restart_fraction=bad)
+
+
+def test_fast_can_rank_malt_targets_at_the_apgd_ce_points(
+    trades: nn.Module, shared_data: Path, monkeypatch
+) -> None:
+    """malt_point="apgd-ce": both MALT stages rank their targets at APGD-CE's best-loss points
+    (the stage's own call, recomputed here), not at the clean images; "clean" ranks at x."""
+    import importlib
+
+    from robustlab.attacks.apgd import APGD
+    from robustlab.attacks.fast import MALTAPGDT
+
+    fast_mod = importlib.import_module("robustlab.attacks.fast")
+    x, y = _mnist(shared_data, 24)  # all 24 correct: APGD-CE runs on them in one chunk
+    ce = APGD(eps=0.3, steps=5, loss="ce", seed=0)(trades, x, y)
+    ranked_at: list[torch.Tensor] = []
+    real = fast_mod.malt_targets
+
+    def spy(model, xs, *a, **k):  # type: ignore[no-untyped-def]
+        ranked_at.append(xs.clone())
+        return real(model, xs, *a, **k)
+
+    monkeypatch.setattr(fast_mod, "malt_targets", spy)
+    for point, want in (("apgd-ce", ce), ("clean", x)):
+        ranked_at.clear()
+        atk = FastAttack(eps=0.3, steps=5, n_targets=2, n_queries=20, restart_fraction=0.3,
+                         malt_point=point)  # fmt: skip
+        atk.run(trades, x, y)
+        assert len(ranked_at) == 2  # apgd-t-malt and apgd-t-close
+        for xs in ranked_at:  # each row is one of the expected points
+            dist = (xs[:, None] - want[None]).flatten(2).abs().amax(2).amin(1)
+            assert float(dist.max()) == 0.0
+    assert not torch.equal(ce, x)  # not vacuous: the two rankings look at different points
+    with pytest.raises(RobustlabError, match="malt_point"):
+        FastAttack(eps=0.3, malt_point="x_adv")
+    with pytest.raises(RobustlabError, match="anchor"):
+        MALTAPGDT(eps=0.3).attack_ranked(trades, x, y, x[:3])

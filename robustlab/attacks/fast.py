@@ -11,6 +11,9 @@ the points still robust (like every :class:`~robustlab.attacks.autoattack.Ensemb
    targets. The candidates are the ``candidates`` (20) most likely other classes. The targets
    run as APGD-T runs its own (:func:`~robustlab.attacks.apgd.apgd_targeted`): at most 128
    rows per model pass on a CPU, each target's random starts seeded on their own.
+   ``malt_point="apgd-ce"`` ranks the targets at stage 1's best-loss points instead of the
+   clean images: a linearisation taken nearer the boundary (an option; see docs/evaluation.md
+   for its check on fresh images).
 3. ``apgd-t-close``: stage 2 again, from fresh random starts (the next seed), on the
    ``restart_fraction`` (a tenth) of the surviving points closest to the boundary (smallest
    DLR-normalised margin ``m = (z_y - max_{k != y} z_k) / (z_pi1 - z_pi3)`` at the best point
@@ -59,6 +62,8 @@ from robustlab.attacks.threat import L1, ThreatModel
 from robustlab.errors import RobustlabError
 
 __all__ = ["FastAttack", "MALTAPGDT", "malt_targets", "normalized_margin"]
+
+_MALT_POINTS = ("clean", "apgd-ce")  # where fast's MALT ranks the targets (``malt_point``)
 
 
 def malt_targets(
@@ -121,6 +126,20 @@ class MALTAPGDT(Attack):
                 raise RobustlabError(f"{name} must be a positive integer, got {v!r}")
         self.steps, self.n_targets, self.candidates = steps, n_targets, candidates
 
+    def attack_ranked(self, model: nn.Module, x: Tensor, y: Tensor, anchor: Tensor) -> Tensor:
+        """``self(model, x, y)`` with the targets ranked at ``anchor`` (points of ``x``'s
+        shape, for example an earlier attack's best-loss points) instead of at ``x``; the
+        attack itself still starts from ``x``'s ball."""
+        if anchor.shape != x.shape:
+            raise RobustlabError(
+                f"anchor must have the images' shape {tuple(x.shape)}, got {tuple(anchor.shape)}"
+            )
+        self._anchor = anchor.detach().to(device=x.device, dtype=x.dtype)
+        try:
+            return self(model, x, y)
+        finally:
+            self._anchor = None
+
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
         n = x.shape[0]
         if n == 0:
@@ -128,7 +147,8 @@ class MALTAPGDT(Attack):
         with torch.no_grad():
             if model(x[:1]).shape[1] < 4:
                 raise RobustlabError("apgd-t-malt needs at least 4 classes (targeted DLR)")
-        targets = malt_targets(model, x, y, self.threat, self.n_targets, self.candidates)
+        at = x if getattr(self, "_anchor", None) is None else self._anchor
+        targets = malt_targets(model, at, y, self.threat, self.n_targets, self.candidates)
         res = apgd_targeted(
             model,
             x,
@@ -151,8 +171,9 @@ def _logits(model: nn.Module, x: Tensor, bs: int) -> Tensor:
 @register_attack("fast")
 class FastAttack(Ensemble):
     """The ``fast`` preset (see the module docstring); ``steps``, ``n_targets``, ``n_queries``,
-    ``restart_fraction`` (0: no ``apgd-t-close``), ``square_fraction`` (0: no ``square-close``)
-    and ``full_margin`` are its knobs; ``precision`` ("float32", "bf16",
+    ``restart_fraction`` (0: no ``apgd-t-close``), ``square_fraction`` (0: no ``square-close``),
+    ``full_margin`` and ``malt_point`` (where MALT ranks: ``"clean"`` or ``"apgd-ce"``) are its
+    knobs; ``precision`` ("float32", "bf16",
     "auto"; :mod:`robustlab.attacks.precision`) applies to every stage, ``square_precision``
     (default: ``precision``) to Square alone."""
 
@@ -169,6 +190,7 @@ class FastAttack(Ensemble):
         square_fraction: float = 0.1,
         full_margin: float = 0.1,
         restart_fraction: float = 0.1,
+        malt_point: str = "clean",
         square_precision: str | None = None,
         seed: int | None = 0,
         batch_size: int | None = None,
@@ -183,6 +205,8 @@ class FastAttack(Ensemble):
         for name, v in fractions:
             if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0):
                 raise RobustlabError(f"{name} must be in [0, 1], got {v!r}")
+        if malt_point not in _MALT_POINTS:
+            raise RobustlabError(f"malt_point must be one of {_MALT_POINTS}, got {malt_point!r}")
         if not (isinstance(full_margin, (int, float)) and full_margin > 0):
             raise RobustlabError(f"full_margin must be a positive number, got {full_margin!r}")
         kw: dict[str, Any] = {"threat": th, "steps": steps, "seed": seed, "precision": precision}
@@ -205,6 +229,7 @@ class FastAttack(Ensemble):
         super().__init__(attacks, th, seed, batch_size, None, progress)
         self.square_fraction, self.full_margin = float(square_fraction), float(full_margin)
         self.restart_fraction = float(restart_fraction)
+        self.malt_point = malt_point
         self.n_queries = n_queries
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor) -> EnsembleResult:
@@ -216,6 +241,7 @@ class FastAttack(Ensemble):
         margin = normalized_margin(logits, y)
         broken_by = torch.full((n,), -1, dtype=torch.long, device=x.device)
         x_adv = x.clone()
+        anchor: Tensor | None = None  # where MALT ranks, if not at x (malt_point="apgd-ce")
         per_attack: list[dict[str, Any]] = []
         for ai, (label, attack) in enumerate(self.attacks):
             t0 = time.perf_counter()
@@ -227,8 +253,13 @@ class FastAttack(Ensemble):
                 todo = self.closest(todo, margin, close[label])
             if label == "square-close":
                 fn, y_in = self._square_plan(attack, model, margin, y)
+            elif isinstance(attack, MALTAPGDT) and anchor is not None:
+                fn, y_in = self._malt_plan(attack, model, anchor, y)
             if todo.numel():
                 adv = self.run_chunks(fn, x, y_in, todo, label)
+                if label == "apgd-ce" and self.malt_point == "apgd-ce":
+                    anchor = x.clone()
+                    anchor[todo] = adv  # best-loss points where not broken
                 z = _logits(model, adv, bs)
                 wrong = z.argmax(1) != y[todo]
                 margin[todo] = torch.minimum(margin[todo], normalized_margin(z, y[todo]))
@@ -273,6 +304,20 @@ class FastAttack(Ensemble):
 
         def run(xc: Tensor, yb: Tensor) -> Tensor:
             return attack.attack_with_budgets(model, xc, yb[:, 0], yb[:, 1])
+
+        return run, y_in
+
+    @staticmethod
+    def _malt_plan(
+        attack: MALTAPGDT, model: nn.Module, anchor: Tensor, y: Tensor
+    ) -> tuple[Any, Tensor]:
+        """A function running ``attack`` with its targets ranked at ``anchor``, and the labels to
+        pass it: ``(label, row)`` rows, so that each chunk of :meth:`run_chunks` finds its
+        points' anchors."""
+        y_in = torch.stack([y, torch.arange(y.shape[0], device=y.device)], 1)
+
+        def run(xc: Tensor, yr: Tensor) -> Tensor:
+            return attack.attack_ranked(model, xc, yr[:, 0], anchor[yr[:, 1].to(anchor.device)])
 
         return run, y_in
 
