@@ -12,8 +12,9 @@ the points still robust (like every :class:`~robustlab.attacks.autoattack.Ensemb
    run as APGD-T runs its own (:func:`~robustlab.attacks.apgd.apgd_targeted`): at most 128
    rows per model pass on a CPU, each target's random starts seeded on their own.
    ``malt_point="apgd-ce"`` ranks the targets at stage 1's best-loss points instead of the
-   clean images: a linearisation taken nearer the boundary (an option; see docs/evaluation.md
-   for its check on fresh images).
+   clean images: a linearisation taken nearer the boundary, measured weaker on images never
+   used before (12 points kept that AutoAttack standard broke, against 1; docs/evaluation.md),
+   so an option only.
 3. ``apgd-t-close``: stage 2 again, from fresh random starts (the next seed), on the
    ``restart_fraction`` (a tenth) of the surviving points closest to the boundary (smallest
    DLR-normalised margin ``m = (z_y - max_{k != y} z_k) / (z_pi1 - z_pi3)`` at the best point
