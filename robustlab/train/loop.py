@@ -13,6 +13,7 @@ every RNG, the position in the epoch).
 from __future__ import annotations
 
 import contextlib
+import gc
 import random
 import sys
 import time
@@ -92,11 +93,16 @@ def train(
         callbacks = build_callbacks(cfg)
     started_pg = not torch.distributed.is_initialized()
     dist = setup_distributed(cfg.train.device)
+    trainer: Trainer | None = None
     try:
         trainer = Trainer(cfg, objective, callbacks, dist, run_dir, resume)
         return trainer.run()
     finally:
         if started_pg:
+            # DDP's reducer holds the process group: free it now, not at interpreter exit, where
+            # gloo's teardown aborted a rank in about 1 of 25 two-process runs
+            trainer = None
+            gc.collect()
             cleanup_distributed()
 
 
