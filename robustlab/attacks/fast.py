@@ -126,6 +126,7 @@ class MALTAPGDT(Attack):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise RobustlabError(f"{name} must be a positive integer, got {v!r}")
         self.steps, self.n_targets, self.candidates = steps, n_targets, candidates
+        self._anchor: Tensor | None = None  # where to rank the targets (attack_ranked)
 
     def attack_ranked(self, model: nn.Module, x: Tensor, y: Tensor, anchor: Tensor) -> Tensor:
         """``self(model, x, y)`` with the targets ranked at ``anchor`` (points of ``x``'s
@@ -148,7 +149,7 @@ class MALTAPGDT(Attack):
         with torch.no_grad():
             if model(x[:1]).shape[1] < 4:
                 raise RobustlabError("apgd-t-malt needs at least 4 classes (targeted DLR)")
-        at = x if getattr(self, "_anchor", None) is None else self._anchor
+        at = x if self._anchor is None else self._anchor
         targets = malt_targets(model, at, y, self.threat, self.n_targets, self.candidates)
         res = apgd_targeted(
             model,
@@ -244,12 +245,12 @@ class FastAttack(Ensemble):
         x_adv = x.clone()
         anchor: Tensor | None = None  # where MALT ranks, if not at x (malt_point="apgd-ce")
         per_attack: list[dict[str, Any]] = []
+        close = {"apgd-t-close": self.restart_fraction, "square-close": self.square_fraction}
         for ai, (label, attack) in enumerate(self.attacks):
             t0 = time.perf_counter()
             n_in = int(robust.sum())
             todo = robust.nonzero().squeeze(1)
             fn, y_in = partial(attack, model), y
-            close = {"apgd-t-close": self.restart_fraction, "square-close": self.square_fraction}
             if label in close:  # the close stages: only the survivors nearest the boundary
                 todo = self.closest(todo, margin, close[label])
             if label == "square-close":

@@ -100,7 +100,7 @@ def train(
     finally:
         if started_pg:
             # DDP's reducer holds the process group: free it now, not at interpreter exit, where
-            # gloo's teardown aborted a rank in about 1 of 25 two-process runs
+            # gloo's teardown aborted a rank in about 1 of 30 two-process runs
             trainer = None
             gc.collect()
             cleanup_distributed()
