@@ -9,9 +9,10 @@
 2. One PGD-10 AT epoch (eps 8/255, step 2/255) of the trained model: images/s in float32 NCHW,
    float32 channels_last and bf16 channels_last (a few timed steps each, then the full epoch in
    the fastest setting).
-3. Evaluations on the first --n-eval test images: robustlab's AutoAttack standard, the ``fast``
-   preset, and the reference AutoAttack when the ``autoattack`` package is installed; time and
-   robust accuracy of each.
+3. Evaluations on the first --n-eval test images: the reference AutoAttack when the
+   ``autoattack`` package is installed, robustlab's AutoAttack standard and the ``fast`` preset
+   (Square's queries replayed from CUDA graphs, the default, and eagerly), and standard with
+   bf16 model passes; time and robust accuracy of each.
 
 Data: --data-dir holds CIFAR-10's binary batches (data_batch_1.bin ... and test_batch.bin);
 --train-batches says how many data_batch_*.bin to use (the script uses the ones present, up to
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_info, machine_line  # noqa: E402
 
-from robustlab.attacks import PGD, AutoAttack, create_attack  # noqa: E402
+from robustlab.attacks import PGD, AutoAttack, Square, create_attack  # noqa: E402
 from robustlab.data.formats import parse_cifar_binary  # noqa: E402
 from robustlab.evaluate import robust_evaluate  # noqa: E402
 from robustlab.io import write_json  # noqa: E402
@@ -160,6 +161,14 @@ def evaluate(model, x, y, attack, bs, dev) -> dict[str, Any]:
                             for k, v in p.items()} for p in r.per_attack]}  # fmt: skip
 
 
+def eager(attack: Any) -> Any:
+    """``attack`` (an ensemble) with its Square stages querying eagerly, not from CUDA graphs."""
+    for _, sub in attack.attacks:
+        if isinstance(sub, Square):
+            sub.cuda_graphs = False
+    return attack
+
+
 def reference_aa(model, x, y, bs, dev) -> dict[str, Any]:
     try:
         from autoattack import AutoAttack as Ref
@@ -273,20 +282,32 @@ def main() -> None:
         ev["reference_autoattack"] = "skipped (budget)"
     out["evaluation"] = ev
     save("evaluation")
-    for name, make in (("robustlab_autoattack_standard", lambda: AutoAttack(eps=EPS)),
-                       ("robustlab_fast", lambda: create_attack("fast", eps=EPS))):  # fmt: skip
+    variants = (  # Square's queries from CUDA graphs (the default) and eagerly, then bf16
+        ("robustlab_autoattack_standard", lambda: AutoAttack(eps=EPS)),
+        ("robustlab_fast", lambda: create_attack("fast", eps=EPS)),
+        ("robustlab_autoattack_standard_eager", lambda: eager(AutoAttack(eps=EPS))),
+        ("robustlab_fast_eager", lambda: eager(create_attack("fast", eps=EPS))),
+        ("robustlab_autoattack_standard_bf16", lambda: AutoAttack(eps=EPS, precision="bf16")),
+    )
+    for name, make in variants:
         if time.perf_counter() > deadline - 30:
             ev[name] = "skipped (budget)"
             continue
         ev[name] = evaluate(model, xe, ye, make(), bs, dev)
         out["evaluation"] = ev
         save("evaluation")
-    a, f = ev.get("robustlab_autoattack_standard"), ev.get("robustlab_fast")
-    if isinstance(a, dict) and isinstance(f, dict):
-        ev["fast_speedup_vs_standard"] = round(a["seconds"] / max(f["seconds"], 1e-9), 2)
-    r = ev.get("reference_autoattack")
-    if isinstance(a, dict) and isinstance(r, dict) and "seconds" in r:
-        ev["standard_time_vs_reference"] = round(a["seconds"] / max(r["seconds"], 1e-9), 3)
+    ref = ev.get("reference_autoattack")
+    for suffix in ("", "_eager"):
+        a, f = ev.get(f"robustlab_autoattack_standard{suffix}"), ev.get(f"robustlab_fast{suffix}")
+        if isinstance(a, dict) and isinstance(f, dict):
+            ev[f"fast_speedup_vs_standard{suffix}"] = round(
+                a["seconds"] / max(f["seconds"], 1e-9), 2
+            )
+    for name in [v[0] for v in variants if v[0].startswith("robustlab_autoattack")]:
+        a = ev.get(name)
+        if isinstance(a, dict) and isinstance(ref, dict) and "seconds" in ref:
+            key = name.replace("robustlab_autoattack_", "") + "_time_vs_reference"
+            ev[key] = round(a["seconds"] / max(ref["seconds"], 1e-9), 3)
     out["evaluation"] = ev
     save("evaluation")
 

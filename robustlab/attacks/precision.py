@@ -20,7 +20,7 @@ to bf16 with bf16 losses for 10 of 20).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -112,7 +112,11 @@ def undecided(logits: Tensor, y: Tensor, margin: Tensor | None = None) -> Tensor
 
 @torch.no_grad()
 def float32_rows(
-    model: nn.Module, x: Tensor, logits: Tensor, y: Tensor, margin: Tensor | None = None
+    model: nn.Module | Callable[[Tensor], Tensor],
+    x: Tensor,
+    logits: Tensor,
+    y: Tensor,
+    margin: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The :func:`undecided` rows of bf16 ``logits`` (indices) and the float32 logits of a pass
     at ``x`` on those rows only."""

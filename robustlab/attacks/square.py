@@ -14,6 +14,7 @@ are queried. Samples misclassified on clean inputs are returned unchanged.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 
 from robustlab.attacks.base import Attack, check_labels, register_attack, resolve_threat
 from robustlab.attacks.boundary import hard_margin
+from robustlab.attacks.graphs import GraphedForward
 from robustlab.attacks.precision import (
     bf16_native,
     bf16_pass,
@@ -34,6 +36,8 @@ from robustlab.errors import RobustlabError
 
 __all__ = ["Square", "bf16_native", "p_schedule", "pseudo_gaussian_pattern"]
 
+
+Forward = Callable[[Tensor], Tensor]  # the model, or its GraphedForward
 
 # Published schedule: p halves at these fractions (in 1/10000 of the query budget).
 _P_BOUNDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -174,6 +178,9 @@ class Square(Attack):
             the boundary or is within bf16 rounding of it, so that successes and the close
             comparisons are float32's (:mod:`robustlab.attacks.precision`); ``"auto"``: bf16
             where the CPU or GPU has native bf16, else float32.
+        cuda_graphs: on a GPU, replay the model's query passes from CUDA graphs
+            (:mod:`robustlab.attacks.graphs`; the same computation, launched at once instead
+            of kernel by kernel); no effect on a CPU.
         seed: all random choices.
     """
 
@@ -190,6 +197,7 @@ class Square(Attack):
         rescale_schedule: bool = True,
         seed: int | None = 0,
         precision: str = "float32",
+        cuda_graphs: bool = True,
     ) -> None:
         threat = resolve_threat(threat, eps, norm)
         if threat.name not in ("linf", "l2"):
@@ -203,6 +211,7 @@ class Square(Attack):
         self.n_queries, self.p_init = int(n_queries), float(p_init)
         self.rescale_schedule = bool(rescale_schedule)
         self.precision = precision
+        self.cuda_graphs = bool(cuda_graphs)
         self.queries: Tensor | None = None  # per-sample queries used by the last call
         self._budgets: Tensor | None = None  # per-sample query budgets (attack_with_budgets)
 
@@ -212,8 +221,10 @@ class Square(Attack):
         if min(x.shape[2], x.shape[3]) < 2:
             raise RobustlabError("square needs images at least 2 pixels high and wide")
         self._bf16 = use_bf16(self.precision, x.device)
+        # one graph cache per call: graphs hold the weights' memory as it was when recorded
+        fwd = GraphedForward(model, enabled=self.cuda_graphs)
         with torch.inference_mode():  # cheaper per query than no_grad; 5000 queries add up
-            x_adv, queries = self._run(model, x, y, generator)
+            x_adv, queries = self._run(fwd, x, y, generator)
         self.queries = queries.clone()
         return x_adv.clone()  # a normal tensor again, usable by autograd downstream
 
@@ -237,7 +248,7 @@ class Square(Attack):
             self._budgets = None
 
     def _run(
-        self, model: nn.Module, x: Tensor, y: Tensor, gen: torch.Generator
+        self, model: Forward, x: Tensor, y: Tensor, gen: torch.Generator
     ) -> tuple[Tensor, Tensor]:
         n = x.shape[0]
         logits = model(x)
@@ -290,7 +301,7 @@ class Square(Attack):
         queries[todo] = q
         return x_adv, queries
 
-    def _margin(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    def _margin(self, model: Forward, x: Tensor, y: Tensor) -> Tensor:
         """Margins of queries ``x``; under bf16, rows that crossed or are within rounding of the
         boundary get their float32 margin (:func:`~robustlab.attacks.precision.float32_rows`)."""
         if not bf16_pass(getattr(self, "_bf16", False), x):
