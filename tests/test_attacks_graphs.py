@@ -11,16 +11,21 @@ import torch
 from attack_models import BNNet, linear_model
 from torch import nn
 
-from robustlab.attacks.graphs import MIN_BUCKET, GraphedForward, bucket
+from robustlab.attacks.graphs import MAX_GRAPHS, MIN_BUCKET, GraphedForward, bucket
 from robustlab.attacks.precision import passes
 from robustlab.attacks.square import Square
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def test_bucket_is_the_next_power_of_two() -> None:
-    assert [bucket(n) for n in (1, 8, 9, 16, 17, 209, 1000)] == [8, 8, 16, 16, 32, 256, 1024]
-    assert bucket(1) == MIN_BUCKET
+def test_buckets_pad_little() -> None:
+    sizes = (1, 8, 9, 17, 64, 65, 100, 209, 216, 1000, 1025)
+    assert [bucket(n) for n in sizes] == [8, 8, 16, 24, 64, 72, 104, 224, 224, 1024, 1152]
+    for n in range(1, 3000):
+        b = bucket(n)
+        assert b >= n and b % MIN_BUCKET == 0 and bucket(b) == b
+        assert b - n < MIN_BUCKET or (b - n) / n <= 0.125, n
+    assert len({bucket(n) for n in range(1, 1025)}) == 40  # few graphs for a shrinking batch
     with pytest.raises(ValueError, match="at least one row"):
         bucket(0)
 
@@ -70,7 +75,7 @@ def test_replayed_passes_equal_eager_ones_padding_included(bf16: bool) -> None:
     g = GraphedForward(model)
     gen = torch.Generator(device=dev).manual_seed(0)
     with torch.inference_mode():
-        for n in (100, 70, 128, 5, 70):  # buckets 128, 128, 128, 8, 128: stale padding rows
+        for n in (100, 97, 104, 5, 100):  # buckets 104, 104, 104, 8, 104: stale padding rows
             x = torch.rand(n, 3, 32, 32, generator=gen, device=dev)
             pad = torch.cat([x, torch.rand(bucket(n) - n, 3, 32, 32, device=dev)])
             with passes(bf16, dev):  # a fresh autocast context each time, as Square's
@@ -82,6 +87,19 @@ def test_replayed_passes_equal_eager_ones_padding_included(bf16: bool) -> None:
     assert g.replays == 5 and g.failed is None
     # two buckets, each recorded once after its warm-up passes; every later call is a replay
     assert model.calls == 5 + 2 * (g.warmup + 1)
+
+
+@cuda
+def test_the_least_recently_used_graph_is_freed_first() -> None:
+    dev = torch.device("cuda")
+    model = _cifar_net().to(dev).eval()
+    g = GraphedForward(model)
+    sizes = [8 * (i + 1) for i in range(MAX_GRAPHS + 1)] + [8]  # the first size comes back
+    with torch.inference_mode():
+        for n in sizes:
+            x = torch.rand(n, 3, 32, 32, device=dev)
+            torch.testing.assert_close(g(x), model(x), rtol=1e-5, atol=1e-5)
+    assert g.captures == MAX_GRAPHS + 2 and len(g._graphs) == MAX_GRAPHS
 
 
 @cuda
