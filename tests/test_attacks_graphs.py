@@ -103,6 +103,22 @@ def test_the_least_recently_used_graph_is_freed_first() -> None:
 
 
 @cuda
+def test_channels_last_inputs_are_replayed_in_channels_last() -> None:
+    dev = torch.device("cuda")
+    model = _cifar_net().to(dev).to(memory_format=torch.channels_last).eval()
+    g = GraphedForward(model)
+    x = torch.rand(20, 3, 32, 32, device=dev).contiguous(memory_format=torch.channels_last)
+    pad = torch.cat([x, torch.zeros(4, 3, 32, 32, device=dev)])
+    pad = pad.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        torch.testing.assert_close(g(x), model(pad)[:20], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(g(x.contiguous()), model(pad.contiguous())[:20])
+    (_, static_in, _), (_, plain_in, _) = g._graphs.values()
+    assert static_in.is_contiguous(memory_format=torch.channels_last)
+    assert plain_in.is_contiguous()
+
+
+@cuda
 def test_a_model_that_cannot_be_captured_runs_eagerly_with_a_warning() -> None:
     class Syncs(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -51,6 +51,10 @@ def bucket(n: int) -> int:
     return -(-n // step) * step
 
 
+def _channels_last(x: Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 class GraphedForward:
     """``model(x)`` for inference, replayed from CUDA graphs on a GPU (see the module's
     docstring); ``enabled=False`` or a CPU input: ``model(x)`` itself."""
@@ -67,22 +71,23 @@ class GraphedForward:
             return self.model(x)
         bf16 = torch.is_autocast_enabled("cuda")
         dtype = torch.get_autocast_dtype("cuda") if bf16 else None
-        n = x.shape[0]
-        key = (bucket(n), x.dtype, tuple(x.shape[1:]), dtype, x.device)
-        entry = self._graphs.get(key)
-        if entry is None:
-            while len(self._graphs) >= MAX_GRAPHS:  # free the least recently used first
-                self._graphs.popitem(last=False)
-            entry = self._capture(x, key[0], dtype)
+        n, nhwc = x.shape[0], x.dim() == 4 and _channels_last(x)
+        key = (bucket(n), x.dtype, tuple(x.shape[1:]), nhwc, dtype, x.device)
+        with torch.cuda.device(x.device):  # capture and replay on the input's GPU
+            entry = self._graphs.get(key)
             if entry is None:
-                return self.model(x)
-            self._graphs[key] = entry
-        self._graphs.move_to_end(key)
-        graph, static_in, static_out = entry
-        static_in[:n].copy_(x)
-        graph.replay()
-        self.replays += 1
-        return static_out[:n].clone()
+                while len(self._graphs) >= MAX_GRAPHS:  # free the least recently used first
+                    self._graphs.popitem(last=False)
+                entry = self._capture(x, key[0], nhwc, dtype)
+                if entry is None:
+                    return self.model(x)
+                self._graphs[key] = entry
+            self._graphs.move_to_end(key)
+            graph, static_in, static_out = entry
+            static_in[:n].copy_(x)
+            graph.replay()
+            self.replays += 1
+            return static_out[:n].clone()
 
     def _pass(self, x: Tensor, dtype: torch.dtype | None) -> Tensor:
         if dtype is None:
@@ -91,9 +96,11 @@ class GraphedForward:
             return self.model(x)
 
     def _capture(
-        self, x: Tensor, rows: int, dtype: torch.dtype | None
+        self, x: Tensor, rows: int, nhwc: bool, dtype: torch.dtype | None
     ) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor] | None:
         static_in = x.new_zeros((rows, *x.shape[1:]))
+        if nhwc:  # the memory format the eager pass would see, so the same kernels run
+            static_in = static_in.contiguous(memory_format=torch.channels_last)
         static_in[: x.shape[0]].copy_(x)
         try:
             side = torch.cuda.Stream(device=x.device)
