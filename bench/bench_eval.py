@@ -12,8 +12,9 @@ reference's components are timed from its own log and its forward passes by a ho
 
 Usage: python bench/bench_eval.py [--n 100] [--models trades,lenet,cifar] [--lenet-run DIR]
        [--cifar-run DIR] [--repeats 1] [--threads 1] [--skip-reference] [--out FILE]
-       [--order reference,standard,fast,standard-bf16,fast-bf16] [--seed 0]
-(``-bf16``: the evaluation with ``precision="bf16"``.)
+       [--order reference,standard,fast,standard-bf16,fast-bf16,fast-sqbf16] [--seed 0]
+(``-bf16``: the evaluation with ``precision="bf16"``; ``fast-sqbf16``: ``fast`` with
+``square_precision="bf16"``, Square's queries alone in bf16.)
 Writes bench/results/eval.json and prints a table and the JSON.
 """
 
@@ -233,12 +234,14 @@ def main() -> None:
                     r = run_reference(model, x, y, eps, args.batch_size)
                 else:
                     base, _, prec = kind.partition("-")  # standard-bf16: bf16 passes
-                    prec = prec or "float32"
+                    sq = prec.removeprefix("sq") if prec.startswith("sq") else None
+                    prec = "float32" if not prec or sq else prec  # fast-sqbf16: Square's alone
                     atk = (
                         AutoAttack(eps=eps, precision=prec, seed=args.seed)
                         if base == "standard"
-                        else create_attack("fast", eps=eps, precision=prec, seed=args.seed)
-                    )
+                        else create_attack("fast", eps=eps, precision=prec, seed=args.seed,
+                                           square_precision=sq)
+                    )  # fmt: skip
                     r = run_robustlab(model, x, y, atk, args.batch_size, profile=rep == 0)
                 runs[kind].append(r)
                 r["robustlab"] = str(Path(sys.modules["robustlab"].__file__).parent)
