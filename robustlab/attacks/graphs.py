@@ -3,20 +3,25 @@
 One job: :class:`GraphedForward`, a drop-in for ``model(x)`` in a query loop (Square's 5,000
 queries). Run eagerly, each query costs the CPU time to launch the model's kernels one by one,
 however few rows are left; a CUDA graph records the pass once and replays all its kernels with
-one launch, so a query costs only its arithmetic. On an H200 with a CIFAR-10 PreActResNet-18
-(500 test images, 216 points left for Square), ``fast``'s ``square-close``, whose batches shrink
-as points spend their budgets, took 6.8 s replayed against 14.8 s eagerly.
+one launch. On an H200 with a CIFAR-10 PreActResNet-18 (500 test images, 216 points left for
+Square), ``fast``'s ``square-close``, about 22 points with budgets of up to 5,000 queries, took
+6.8 s replayed against 14.8 s eagerly.
 
-- One graph per batch-size bucket (:func:`bucket`: at most an eighth above the batch, at
-  least :data:`MIN_BUCKET`): a query batch of ``n`` rows is copied into the bucket's static
-  input, the graph replays, and the first ``n`` output rows are returned (a copy). The padding
-  rows hold earlier inputs; in inference (``model.eval()``, no batch statistics) a row's logits
-  do not depend on the other rows. Padding is kept small because a large model's pass is
-  bound by the GPU's arithmetic, not by launches: on the H200, PreActResNet-18's Square
-  queries at 216 rows took 2.9 ms eagerly and 3.4 ms replayed at 256 rows (power-of-two
-  buckets), while Square's shrinking query batches in ``fast`` took 2.2x less time replayed.
-  At most :data:`MAX_GRAPHS` graphs are kept (the least recently used goes first): Square's
-  batches only shrink, so older, larger graphs are not needed again.
+- Only passes of at most :data:`MAX_ROWS` rows are replayed; larger ones run eagerly. On the
+  H200, Square's queries of 216 PreActResNet-18 rows took 2.9 ms eagerly and 3.4 ms replayed
+  (at 256 rows). At that size the GPU's arithmetic outlasts the launches. Run eagerly, the GPU
+  computes while the CPU is still launching; a replay leaves the CPU idle until the result is
+  read, and Square's own bookkeeping then runs while the GPU idles. Small batches gain: for the
+  ~22 rows of ``fast``'s ``square-close``, about 3.0 ms per query eagerly and 1.4 ms replayed
+  (14.8 s and 6.8 s for up to 5,000 queries). 64 rows is a rule of thumb from that one model
+  and GPU: below it, a CIFAR-size network's pass is launch-bound on current GPUs.
+- One graph per batch-size bucket (:func:`bucket`: a multiple of :data:`MIN_BUCKET`, or of an
+  eighth of the power of two below the batch, whichever is larger): a query batch of ``n`` rows
+  is copied into the bucket's static input, the graph replays, and the first ``n`` output rows
+  are returned (a copy). The padding rows hold earlier inputs; in inference (``model.eval()``,
+  no batch statistics) a row's logits do not depend on the other rows. At most
+  :data:`MAX_GRAPHS` graphs are kept (the least recently used goes first): Square's batches
+  only shrink, so older, larger graphs are not needed again.
 - Autocast is part of the key: a pass under bf16 autocast (:func:`~robustlab.attacks.precision.
   passes`) is recorded under bf16 autocast with its weight cache off, as graph capture requires.
 - Anything else runs eagerly, unchanged: CPU inputs, passes with gradients enabled, and every
@@ -35,9 +40,10 @@ from collections import OrderedDict
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MAX_GRAPHS", "MIN_BUCKET", "GraphedForward", "bucket"]
+__all__ = ["MAX_GRAPHS", "MAX_ROWS", "MIN_BUCKET", "GraphedForward", "bucket"]
 
 MIN_BUCKET = 8
+MAX_ROWS = 64  # larger passes run eagerly (see the module docstring)
 MAX_GRAPHS = 4  # Square's query pass and, under bf16, its float32 re-check, with room to spare
 
 
@@ -57,10 +63,18 @@ def _channels_last(x: Tensor) -> bool:
 
 class GraphedForward:
     """``model(x)`` for inference, replayed from CUDA graphs on a GPU (see the module's
-    docstring); ``enabled=False`` or a CPU input: ``model(x)`` itself."""
+    docstring); ``enabled=False``, a CPU input or more than ``max_rows`` rows (``None``: no
+    limit): ``model(x)`` itself."""
 
-    def __init__(self, model: nn.Module, enabled: bool = True, warmup: int = 2) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        enabled: bool = True,
+        warmup: int = 2,
+        max_rows: int | None = MAX_ROWS,
+    ) -> None:
         self.model, self.enabled, self.warmup = model, bool(enabled), int(warmup)
+        self.max_rows = max_rows
         self._graphs: OrderedDict[tuple, tuple[torch.cuda.CUDAGraph, Tensor, Tensor]]
         self._graphs = OrderedDict()
         self.failed: str | None = None  # the capture error, once one failed
@@ -68,6 +82,8 @@ class GraphedForward:
 
     def __call__(self, x: Tensor) -> Tensor:
         if not self.enabled or x.device.type != "cuda" or self.failed or torch.is_grad_enabled():
+            return self.model(x)
+        if self.max_rows is not None and x.shape[0] > self.max_rows:
             return self.model(x)
         bf16 = torch.is_autocast_enabled("cuda")
         dtype = torch.get_autocast_dtype("cuda") if bf16 else None

@@ -178,9 +178,9 @@ class Square(Attack):
             the boundary or is within bf16 rounding of it, so that successes and the close
             comparisons are float32's (:mod:`robustlab.attacks.precision`); ``"auto"``: bf16
             where the CPU or GPU has native bf16, else float32.
-        cuda_graphs: on a GPU, replay the model's query passes from CUDA graphs
-            (:mod:`robustlab.attacks.graphs`; the same computation, launched at once instead
-            of kernel by kernel); no effect on a CPU.
+        cuda_graphs: on a GPU, replay the model's query passes of at most 64 rows from CUDA
+            graphs (:mod:`robustlab.attacks.graphs`; the same computation per row, launched at
+            once instead of kernel by kernel); no effect on a CPU.
         seed: all random choices.
     """
 
