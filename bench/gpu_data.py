@@ -35,7 +35,9 @@ def _unmosaic(image: np.ndarray) -> np.ndarray:
             .reshape(GRID * GRID, 3 * SIDE * SIDE))  # fmt: skip
 
 
-def pack(src: Path, out: Path, names: list[str]) -> None:
+def pack(src: Path, out: Path, names: list[str], method: int = 6) -> None:
+    """Pack ``src/NAME`` for each name into ``out`` (WebP ``method`` 0-6: 6 is the smallest
+    and slowest, about a minute per batch)."""
     from PIL import Image
 
     out.mkdir(parents=True, exist_ok=True)
@@ -46,14 +48,15 @@ def pack(src: Path, out: Path, names: list[str]) -> None:
             raise SystemExit(f"{src / name}: {len(data)} bytes, not {GRID * GRID} records")
         raw = np.frombuffer(data, dtype=np.uint8).reshape(GRID * GRID, RECORD)
         (out / f"{name}.labels").write_bytes(raw[:, 0].tobytes())
-        Image.fromarray(_mosaic(raw[:, 1:])).save(out / f"{name}.webp", format="WEBP",
-                                                  lossless=True, quality=100, method=6)  # fmt: skip
+        image = Image.fromarray(_mosaic(raw[:, 1:]))
+        image.save(out / f"{name}.webp", format="WEBP", lossless=True, quality=100, method=method)
         manifest[name] = hashlib.md5(data).hexdigest()
         print(f"{name}: {(out / f'{name}.webp').stat().st_size / 1e6:.1f} MB", flush=True)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
 
 
 def unpack(src: Path, dest: Path) -> None:
+    """Rebuild every batch of ``src``'s manifest into ``dest``, each checked against its MD5."""
     from PIL import Image
 
     manifest = json.loads((src / "manifest.json").read_text())
@@ -78,12 +81,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("src", type=Path)
     p.add_argument("out", type=Path)
     p.add_argument("names", nargs="+")
+    p.add_argument("--method", type=int, default=6, choices=range(7), help="WebP effort")
     u = sub.add_parser("unpack")
     u.add_argument("src", type=Path)
     u.add_argument("dest", type=Path)
     args = ap.parse_args(argv)
     if args.cmd == "pack":
-        pack(args.src, args.out, args.names)
+        pack(args.src, args.out, args.names, args.method)
     else:
         unpack(args.src, args.dest)
 
