@@ -251,8 +251,7 @@ class Square(Attack):
         self, model: Forward, x: Tensor, y: Tensor, gen: torch.Generator
     ) -> tuple[Tensor, Tensor]:
         n = x.shape[0]
-        # the one pass over the whole batch runs eagerly: a graph of it would serve once
-        logits = (model.model if isinstance(model, GraphedForward) else model)(x)
+        logits = model(x)
         check_labels(y, logits.shape[1])
         eps_all = torch.as_tensor(self.threat.eps, dtype=x.dtype, device=x.device).flatten()
         eps_all = eps_all.expand(n) if eps_all.numel() == 1 else eps_all
