@@ -9,14 +9,13 @@ Square), ``fast``'s ``square-close``, about 22 points with budgets of up to 5,00
 
 - Only passes of at most :data:`MAX_ROWS` rows are replayed; larger ones run eagerly. On the
   H200, Square's queries of 216 PreActResNet-18 rows took 2.9 ms eagerly and 3.4 ms replayed
-  (at 256 rows). Eagerly, a query cost the same at 216 rows as at 22, so the GPU's arithmetic
-  was hidden under the launches. A replay removes the launches but serialises the rest: the
-  CPU waits for the pass (about 2 ms at 256 rows, the 19% padding included), then runs
-  Square's bookkeeping while the GPU idles. The run does not separate padding from
-  serialisation; either way large batches do not gain. Small batches do: for the
-  ~22 rows of ``fast``'s ``square-close``, about 3.0 ms per query eagerly and 1.4 ms replayed
-  (14.8 s and 6.8 s for up to 5,000 queries). 64 rows is a rule of thumb from that one model
-  and GPU: below it, a CIFAR-size network's pass is launch-bound on current GPUs.
+  (at 256 rows). Eagerly, a query cost no less at about 22 rows (``fast``'s ``square-close``: at
+  least 3.0 ms, 14.8 s for at most 5,000 queries), so the GPU's arithmetic was hidden under the
+  launches. A replay removes the launches but serialises the rest: the CPU waits for the pass,
+  then runs Square's bookkeeping while the GPU idles. The run does not separate that from the
+  19% padding; either way large batches do not gain. Small batches do: ``square-close`` took
+  6.8 s replayed. 64 rows is a rule of thumb from that one model and GPU: below it, a
+  CIFAR-size network's pass is launch-bound on current GPUs.
 - One graph per batch-size bucket (:func:`bucket`: a multiple of :data:`MIN_BUCKET`, or of an
   eighth of the power of two below the batch, whichever is larger): a query batch of ``n`` rows
   is copied into the bucket's static input, the graph replays, and the first ``n`` output rows
