@@ -217,6 +217,7 @@ def _check_consistency(cfg: Config) -> None:
         )
     if cfg.schedule.min_lr > cfg.optim.lr:
         raise ConfigError(f"schedule.min_lr: must be <= optim.lr ({cfg.optim.lr})")
+    _check_momentum_cycle(cfg)
     dev = cfg.train.device
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", dev):
         raise ConfigError(f"train.device: {dev!r} is not allowed; choose auto, cpu, cuda or cuda:N")
@@ -225,6 +226,31 @@ def _check_consistency(cfg: Config) -> None:
     names = [c.name for c in cfg.callbacks]
     if len(set(names)) != len(names):
         raise ConfigError(f"callbacks: each callback may appear once, got {names}")
+
+
+def _check_momentum_cycle(cfg: Config) -> None:
+    """``cyclic`` rises over ``pct_start`` (no separate warm-up); ``schedule.base_momentum``
+    cycles SGD's momentum against a one-cycle or cyclic lr."""
+    if cfg.schedule.name == "cyclic" and cfg.schedule.warmup_epochs > 0:
+        raise ConfigError(
+            "schedule.warmup_epochs: cyclic rises over schedule.pct_start of training; set "
+            "warmup_epochs to 0"
+        )
+    base = cfg.schedule.base_momentum
+    if base is None:
+        return
+    if cfg.schedule.name not in ("onecycle", "cyclic"):
+        raise ConfigError(
+            f"schedule.base_momentum: needs schedule.name onecycle or cyclic, got "
+            f"{cfg.schedule.name!r}"
+        )
+    if cfg.optim.name != "sgd":
+        raise ConfigError(f"schedule.base_momentum: cycles SGD's momentum; optim.name is "
+                          f"{cfg.optim.name!r}")  # fmt: skip
+    if base > cfg.optim.momentum:
+        raise ConfigError(
+            f"schedule.base_momentum: must be <= optim.momentum ({cfg.optim.momentum}), got {base}"
+        )
 
 
 def config_from_dict(data: dict[str, Any] | None) -> Config:

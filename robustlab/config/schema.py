@@ -112,12 +112,13 @@ class OptimConfig:
 class ScheduleConfig:
     """The learning-rate schedule (per step), with optional linear warm-up."""
 
-    name: Literal["constant", "multistep", "cosine", "onecycle"] = "cosine"
+    name: Literal["constant", "multistep", "cosine", "onecycle", "cyclic"] = "cosine"
     warmup_epochs: float = _f(0.0, ge=0)
     milestones: list[float] = _f([])
     gamma: float = _f(0.1, gt=0)
     min_lr: float = _f(0.0, ge=0)
     pct_start: float = _f(0.3, gt=0, lt=1)
+    base_momentum: float | None = _f(None, ge=0, lt=1)
 
 
 @dataclass

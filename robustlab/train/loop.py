@@ -188,8 +188,9 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
         self.optimizer = build_optimizer(model, cfg.optim, self.device)
         self.scheduler = build_scheduler(
-            self.optimizer, cfg.schedule, self.steps_per_epoch, cfg.train.epochs, cfg.optim.lr
-        )
+            self.optimizer, cfg.schedule, self.steps_per_epoch, cfg.train.epochs, cfg.optim.lr,
+            cfg.optim.momentum,
+        )  # fmt: skip
         self.ema = (
             ModelEMA(model, cfg.train.ema_decay, cfg.train.ema_warmup)
             if (cfg.train.ema_decay > 0)

@@ -15,7 +15,14 @@ from torch import nn
 
 from robustlab.config import OptimConfig, ScheduleConfig
 
-__all__ = ["param_groups", "build_optimizer", "lr_factor", "build_scheduler"]
+__all__ = [
+    "param_groups",
+    "build_optimizer",
+    "lr_factor",
+    "build_scheduler",
+    "cycled_momentum",
+    "CycledMomentumLR",
+]
 
 _NORM_TYPES = (
     nn.modules.batchnorm._NormBase,
@@ -82,9 +89,15 @@ def lr_factor(
     ``warmup_epochs`` rises linearly from ``1/warmup_steps`` to 1; then ``constant``,
     ``multistep`` (times ``gamma`` at each milestone epoch), ``cosine`` (to ``min_factor``) or
     ``onecycle`` (linear rise over ``pct_start`` of training when there is no warm-up, then
-    cosine annealing to 0).
+    cosine annealing to 0) or ``cyclic`` (one triangle: linear from ``min_factor`` at step 0 to
+    1 at ``pct_start`` of training and linearly back, as PyTorch's ``CyclicLR`` with
+    ``step_size_up = pct_start * total``).
     """
     total = max(total_steps, 1)
+    if cfg.name == "cyclic":
+        up = cfg.pct_start * total
+        tri = step / up if step <= up else max(0.0, (total - step) / (total - up))
+        return min_factor + (1.0 - min_factor) * tri
     warm = int(round(cfg.warmup_epochs * steps_per_epoch))
     if cfg.name == "onecycle" and warm == 0:
         warm = max(1, int(round(cfg.pct_start * total)))
@@ -102,18 +115,55 @@ def lr_factor(
     return cos  # onecycle
 
 
+def cycled_momentum(factor: float, floor: float, high: float, low: float) -> float:
+    """SGD momentum at lr factor ``factor``: ``high`` at the schedule's floor, ``low`` at its
+    peak, linear in between (``CyclicLR``'s ``cycle_momentum``)."""
+    rise = (factor - floor) / (1.0 - floor) if floor < 1.0 else 1.0
+    return high - (high - low) * min(1.0, max(0.0, rise))
+
+
+class CycledMomentumLR(torch.optim.lr_scheduler.LambdaLR):
+    """``LambdaLR`` that also sets each group's SGD momentum from its lr factor
+    (:func:`cycled_momentum`). Only numbers are stored, so its state dict loads with
+    ``weights_only=True``; the momentum follows from the restored step."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        factor: Any,
+        floor: float,
+        high: float,
+        low: float,
+    ) -> None:
+        self.floor, self.high, self.low = float(floor), float(high), float(low)
+        super().__init__(optimizer, factor)
+
+    def step(self, epoch: int | None = None) -> None:
+        super().step(epoch)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            f = group["lr"] / base if base > 0 else 0.0
+            group["momentum"] = cycled_momentum(f, self.floor, self.high, self.low)
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer,
     cfg: ScheduleConfig,
     steps_per_epoch: int,
     epochs: int,
     base_lr: float,
+    momentum: float | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step ``LambdaLR`` following :func:`lr_factor`."""
+    """A per-step ``LambdaLR`` following :func:`lr_factor`; with ``cfg.base_momentum`` a
+    :class:`CycledMomentumLR` cycling SGD's momentum between ``momentum`` (the optimizer's,
+    at the lr floor) and ``cfg.base_momentum`` (at the peak)."""
     total = steps_per_epoch * epochs
     floor = cfg.min_lr / base_lr if base_lr > 0 else 0.0
 
     def factor(step: int) -> float:
         return lr_factor(step, total, steps_per_epoch, cfg, floor)
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if cfg.base_momentum is None:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if momentum is None:
+        raise ValueError("build_scheduler: schedule.base_momentum needs the optimizer's momentum")
+    return CycledMomentumLR(optimizer, factor, floor, momentum, cfg.base_momentum)
