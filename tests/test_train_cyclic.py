@@ -109,3 +109,13 @@ def test_a_run_with_cyclic_lr_and_momentum(tmp_path: Path) -> None:
 def test_bad_settings_are_named(schedule: dict, optim: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         config_from_dict({"schedule": schedule, "optim": optim})
+
+
+def test_onecycle_cycles_momentum_against_its_lr() -> None:
+    """DyART's recipe: OneCycleLR's default momentum cycle (0.95 at the ends, 0.85 at the peak)."""
+    opt = _sgd(lr=0.1, momentum=0.95)
+    cfg = ScheduleConfig(name="onecycle", pct_start=0.25, base_momentum=0.85)
+    trace = _trace(opt, build_scheduler(opt, cfg, 10, 4, 0.1, 0.95), 40)
+    for lr, m in trace:  # momentum is linear in the lr: 0.95 - 0.1 * lr / 0.1
+        assert m == pytest.approx(0.95 - lr, abs=1e-12)
+    assert trace[9] == pytest.approx((0.1, 0.85)) and trace[-1][1] > 0.949
