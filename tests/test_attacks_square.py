@@ -242,6 +242,15 @@ def test_square_channels_last_input_gives_the_same_result() -> None:
     x_cl = x.contiguous(memory_format=torch.channels_last)
     b = Square(eps=0.2, n_queries=40, seed=1)(model, x_cl, y)
     assert torch.equal(a, b)  # same draws, same decisions: exact
+    # the Linf step reads and writes squares through (n, c, h*w) views of its images: the
+    # reference formulation (whole-image indexing) agrees in every layout, a strided one too
+    from square_reference import ReferenceSquare
+
+    x_strided = torch.cat([x, x], 3)[:, :, :, :28]
+    assert not x_strided.is_contiguous()
+    ref = ReferenceSquare(eps=0.2, n_queries=40, seed=1, rescale_schedule=True)(model, x, y)
+    assert torch.equal(a, ref)
+    assert torch.equal(Square(eps=0.2, n_queries=40, seed=1)(model, x_strided, y), ref)
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", 0.3), ("l2", 3.0)])

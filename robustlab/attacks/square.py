@@ -127,14 +127,46 @@ class _Active:
         e = eps[:, None, None, None]
         lo, hi = ((x - e).clamp(0.0, 1.0), (x + e).clamp(0.0, 1.0)) if linf else (None, None)
         pos = torch.arange(x.shape[0], device=x.device)
-        act = cls(pos, x, y, eps, best.clone(), m, lo, hi, limit)
+        act = cls(pos, x, y, eps, _dense(best.clone()), m, lo, hi, limit)
+        if linf:  # read through (n, c, h*w) views by the Linf step
+            act.lo, act.hi = _dense(lo), _dense(hi)
         live = (m > 0) if limit is None else (m > 0) & (limit > 1)
         return act if bool(live.all()) else act.keep(live.nonzero().squeeze(1))
 
     def keep(self, k: Tensor) -> _Active:
         """The active set restricted to its rows ``k``."""
         parts = (getattr(self, f.name) for f in fields(self))
-        return _Active(*(None if t is None else t[k] for t in parts))
+        return _Active(*(None if t is None else _dense(t[k]) for t in parts))
+
+
+def _dense(t: Tensor) -> Tensor:
+    """``t`` if it is dense in the NCHW or the channels_last layout (so :func:`_flat` can view
+    it), else a contiguous copy."""
+    if t.dim() != 4 or t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last):
+        return t
+    return t.contiguous()
+
+
+def _flat(t: Tensor) -> Tensor:
+    """The (n, c, h*w) view of a dense (n, c, h, w) tensor, NCHW or channels_last: gathers read
+    from it and scatters write through it."""
+    n, c, h, w = t.shape
+    return t.view(n, c, h * w)
+
+
+@dataclass
+class _Patch:
+    """A Linf candidate's change from the best point: positions ``idx`` (n, c, s*s) in the
+    flattened image, and the square's ``new`` and ``old`` values there."""
+
+    idx: Tensor
+    new: Tensor
+    old: Tensor
+
+    def accept(self, best: Tensor, better: Tensor) -> None:
+        """Make ``best`` the candidate in the rows where ``better`` (bool, n), in place: the
+        candidate is ``best`` with its square replaced, so only the square is written."""
+        _flat(best).scatter_(2, self.idx, torch.where(better[:, None, None], self.new, self.old))
 
 
 def _get(t: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
@@ -278,12 +310,15 @@ class Square(Attack):
             # update it - 1 counted from 0 after the initialisation, as the reference counts
             p = p_schedule(self.p_init, it - 1, self.n_queries, self.rescale_schedule)
             if linf:
-                cand = self._step_linf(act, p, gen)
+                cand, patch = self._step_linf(act, p, gen)
             else:
-                cand = self._step_l2(act.x, act.best, act.eps, p, gen)
+                cand, patch = self._step_l2(act.x, act.best, act.eps, p, gen), None
             m_new = self._margin(model, cand, act.y)
-            better = (m_new < act.m).nonzero().squeeze(1)
-            act.best[better] = cand[better]  # act.best is Square's own (a copy, see start)
+            better = m_new < act.m  # no host sync: every row is written, unchanged where False
+            if patch is not None:
+                patch.accept(act.best, better)  # act.best is Square's own (a copy, see start)
+            else:
+                act.best = torch.where(better[:, None, None, None], cand, act.best)
             act.m = torch.minimum(m_new, act.m)
             done = m_new <= 0
             if it + 1 in stops:  # some points have spent their budget
@@ -323,34 +358,38 @@ class Square(Attack):
         stripes = _signs((n, c, 1, w), gen, x)
         return (x + eps[:, None, None, None] * stripes).clamp(0.0, 1.0)
 
-    def _step_linf(self, a: _Active, p: float, gen: torch.Generator) -> Tensor:
+    def _step_linf(self, a: _Active, p: float, gen: torch.Generator) -> tuple[Tensor, _Patch]:
         """Set a random square (one per sample) to +-eps, one sign per channel; the signs are
-        redrawn (up to 10 times) for samples whose square would not change."""
+        redrawn (up to 10 times) for samples whose square would not change. Returns the
+        candidates and their :class:`_Patch`."""
         n, c, h, w = a.x.shape
         s = int(round(math.sqrt(p * h * w)))
         s = min(max(s, 1), min(h, w) - 1)
         dev = a.x.device
         vh = torch.randint(0, h - s + 1, (n,), generator=gen, device=dev)
         vw = torch.randint(0, w - s + 1, (n,), generator=gen, device=dev)
-        # Work on the squares only (n, c, s, s): outside them the candidate is the best point,
-        # so "would not change" compares the squares, and the candidate is one copy plus them.
+        # Work on the squares only, (n, c, s*s) gathered from flat views: outside them the
+        # candidate is the best point, so "would not change" compares the squares, and the
+        # candidate is one copy plus them.
         ar = torch.arange(s, device=dev)
-        rows, cols = vh[:, None] + ar, vw[:, None] + ar
+        flat = (vh[:, None] + ar)[:, :, None] * w + (vw[:, None] + ar)[:, None, :]
+        idx = flat.reshape(n, 1, s * s).expand(n, c, s * s)
         assert a.hi is not None and a.lo is not None
-        hi, lo, best = _get(a.hi, rows, cols), _get(a.lo, rows, cols), _get(a.best, rows, cols)
-        new = torch.where(_coins((n, c, 1, 1), gen, dev), hi, lo)
+        hi, lo = _flat(a.hi).gather(2, idx), _flat(a.lo).gather(2, idx)
+        best = _flat(a.best).gather(2, idx)
+        new = torch.where(_coins((n, c, 1), gen, dev), hi, lo)
         for _ in range(10):
             if self._exact_same:
-                same = (new == best).all((1, 2, 3))
+                same = (new == best).all((1, 2))
             else:
-                same = (new - best).abs().amax((1, 2, 3)) < 1e-7
+                same = (new - best).abs().amax((1, 2)) < 1e-7
             if not bool(same.any()):
                 break
-            redraw = torch.where(_coins((n, c, 1, 1), gen, dev), hi, lo)
-            new = torch.where(same.view(-1, 1, 1, 1), redraw, new)
+            redraw = torch.where(_coins((n, c, 1), gen, dev), hi, lo)
+            new = torch.where(same.view(-1, 1, 1), redraw, new)
         cand = a.best.clone()
-        _put(cand, rows, cols, new)
-        return cand
+        _flat(cand).scatter_(2, idx, new)
+        return cand, _Patch(idx, new, best)
 
     # ---------------------------------------------------------------- L2
     @staticmethod
