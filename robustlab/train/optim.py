@@ -8,6 +8,7 @@ step counter, is saved in checkpoints).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -130,7 +131,7 @@ class CycledMomentumLR(torch.optim.lr_scheduler.LambdaLR):
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
-        factor: Any,
+        factor: Callable[[int], float],
         floor: float,
         high: float,
         low: float,
