@@ -105,10 +105,12 @@ def _autocast(dev: torch.device, bf16: bool) -> Any:
     return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
 
 
-def fast_at_setup(dev: torch.device, steps_per_epoch: int, epochs: int) -> tuple[Any, ...]:
-    """Model, objective, optimizer and per-step scheduler of the Fast-AT paper recipe, built
-    by the functions ``robustlab train`` uses; and the settings, for the output."""
-    cfg = load_config(RECIPE, [])
+def fast_at_setup(
+    cfg: Any, dev: torch.device, steps_per_epoch: int, epochs: int
+) -> tuple[Any, ...]:
+    """Model, objective, optimizer and per-step scheduler of the Fast-AT paper recipe ``cfg``
+    (:data:`RECIPE`, loaded), built by the functions ``robustlab train`` uses; and the settings,
+    for the output."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(dev).to(memory_format=torch.channels_last)
     obj = check_objective(cfg)
@@ -119,7 +121,7 @@ def fast_at_setup(dev: torch.device, steps_per_epoch: int, epochs: int) -> tuple
                 "input_norm": input_normalization(model), "lr": cfg.optim.lr,
                 "momentum": [cfg.optim.momentum, cfg.schedule.base_momentum],
                 "schedule": f"{cfg.schedule.name}, peak at {cfg.schedule.pct_start}",
-                "weight_decay": cfg.optim.weight_decay, "batch": cfg.data.batch_size,
+                "weight_decay": cfg.optim.weight_decay,
                 "memory_format": "channels_last"}  # fmt: skip
     return model, obj, opt, sched, settings
 
@@ -261,7 +263,7 @@ def main() -> None:
         write_json(args.out, out)
         print(f"[{out['elapsed_s']:.0f}s] {stage}: {out.get(stage)}", flush=True)
 
-    model, fast_at, opt, sched, settings = fast_at_setup(dev, n_train // fa_batch, epochs)
+    model, fast_at, opt, sched, settings = fast_at_setup(recipe, dev, n_train // fa_batch, epochs)
     # Fast-AT gets the budget left after ~40% reserved for the later stages
     fa_deadline = start + 0.55 * args.budget_s
     bf16 = dev.type == "cuda" or args.tiny

@@ -15,7 +15,9 @@ import bench_gpu  # noqa: E402
 
 
 def test_fast_at_follows_the_paper_recipe() -> None:
-    model, obj, opt, sched, settings = bench_gpu.fast_at_setup(torch.device("cpu"), 10, 2)
+    cfg = bench_gpu.load_config(bench_gpu.RECIPE, [])
+    assert cfg.data.batch_size == 128 and cfg.train.epochs == 15  # the authors' batch, epochs
+    _, obj, opt, sched, settings = bench_gpu.fast_at_setup(cfg, torch.device("cpu"), 10, 2)
     assert obj.name == "fast_at" and obj.attack_mode == "train"  # the authors' train-mode FGSM
     assert obj.eps == pytest.approx(8 / 255) and obj.step_size == pytest.approx(10 / 255)
     assert settings["recipe"] == "recipes/paper/fast_at.yaml"

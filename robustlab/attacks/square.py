@@ -127,22 +127,26 @@ class _Active:
         e = eps[:, None, None, None]
         lo, hi = ((x - e).clamp(0.0, 1.0), (x + e).clamp(0.0, 1.0)) if linf else (None, None)
         pos = torch.arange(x.shape[0], device=x.device)
-        act = cls(pos, x, y, eps, _dense(best.clone()), m, lo, hi, limit)
-        if linf:  # read through (n, c, h*w) views by the Linf step
-            act.lo, act.hi = _dense(lo), _dense(hi)
+        act = cls(pos, x, y, eps, best.clone(), m, lo, hi, limit)
         live = (m > 0) if limit is None else (m > 0) & (limit > 1)
         return act if bool(live.all()) else act.keep(live.nonzero().squeeze(1))
 
     def keep(self, k: Tensor) -> _Active:
         """The active set restricted to its rows ``k``."""
         parts = (getattr(self, f.name) for f in fields(self))
-        return _Active(*(None if t is None else _dense(t[k]) for t in parts))
+        return _Active(*(None if t is None else t[k] for t in parts))
+
+    def __post_init__(self) -> None:
+        # the Linf step reads and writes best, lo and hi through (n, c, h*w) views (_flat)
+        self.best = _dense(self.best)
+        self.lo = None if self.lo is None else _dense(self.lo)
+        self.hi = None if self.hi is None else _dense(self.hi)
 
 
 def _dense(t: Tensor) -> Tensor:
     """``t`` if it is dense in the NCHW or the channels_last layout (so :func:`_flat` can view
     it), else a contiguous copy."""
-    if t.dim() != 4 or t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last):
+    if t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last):
         return t
     return t.contiguous()
 
