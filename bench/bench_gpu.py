@@ -186,10 +186,13 @@ def evaluate(model, x, y, attack, bs, dev) -> dict[str, Any]:
     _sync(dev)
     r = robust_evaluate(model, x, y, attack, bs, dev)
     _sync(dev)
+    # whole-step CUDA graphs of each Square stage's last call (None: not used)
+    graphs = {label: sub.graph_stats for label, sub in attack.attacks if isinstance(sub, Square)}
     return {"seconds": round(r.seconds, 2), "robust_accuracy": r.robust_accuracy,
             "clean_accuracy": r.clean_accuracy,
             "per_attack": [{k: (round(v, 3) if isinstance(v, float) else v)
-                            for k, v in p.items()} for p in r.per_attack]}  # fmt: skip
+                            for k, v in p.items()} for p in r.per_attack],
+            "square_step_graphs": graphs}  # fmt: skip
 
 
 def eager(attack: Any) -> Any:

@@ -1,11 +1,12 @@
 """CUDA-graph replay of a model's inference pass, for attacks that query a model thousands of times.
 
 One job: :class:`GraphedForward`, a drop-in for ``model(x)`` in a query loop (Square's 5,000
-queries). Run eagerly, each query costs the CPU time to launch the model's kernels one by one,
-however few rows are left; a CUDA graph records the pass once and replays all its kernels with
-one launch. On an H200 with a CIFAR-10 PreActResNet-18 (500 test images, 216 points left for
-Square), ``fast``'s ``square-close``, about 22 points with budgets of up to 5,000 queries, took
-6.8 s replayed against 14.8 s eagerly.
+queries under bf16 or in L2; its float32 Linf loop replays whole steps instead,
+:mod:`robustlab.attacks.square_graphs`). Run eagerly, each query costs the CPU time to launch
+the model's kernels one by one, however few rows are left; a CUDA graph records the pass once
+and replays all its kernels with one launch. On an H200 with a CIFAR-10 PreActResNet-18 (500
+test images, 216 points left for Square), ``fast``'s ``square-close``, about 22 points with
+budgets of up to 5,000 queries, took 6.8 s replayed against 14.8 s eagerly.
 
 - Only passes of at most :data:`MAX_ROWS` rows are replayed; larger ones run eagerly. On the
   H200, Square's queries of 216 PreActResNet-18 rows took 2.9 ms eagerly and 3.4 ms replayed

@@ -31,6 +31,7 @@ from robustlab.attacks.precision import (
     passes,
     use_bf16,
 )
+from robustlab.attacks.square_graphs import run_linf_masked
 from robustlab.attacks.threat import ThreatModel
 from robustlab.errors import RobustlabError
 
@@ -187,6 +188,12 @@ def _put(t: Tensor, rows: Tensor, cols: Tensor, v: Tensor | float) -> None:
     t[ni, :, rows[:, :, None], cols[:, None, :]] = v
 
 
+def _linf_side(p: float, h: int, w: int) -> int:
+    """The side of a Linf square covering a fraction ``p`` of an (h, w) image: at least 1, at
+    most ``min(h, w) - 1``."""
+    return min(max(int(round(math.sqrt(p * h * w))), 1), min(h, w) - 1)
+
+
 def _signs(shape: tuple[int, ...], gen: torch.Generator, like: Tensor) -> Tensor:
     r = torch.randint(0, 2, shape, generator=gen, device=like.device)
     return (2 * r - 1).to(like.dtype)
@@ -214,9 +221,12 @@ class Square(Attack):
             the boundary or is within bf16 rounding of it, so that successes and the close
             comparisons are float32's (:mod:`robustlab.attacks.precision`); ``"auto"``: bf16
             where the CPU or GPU has native bf16, else float32.
-        cuda_graphs: on a GPU, replay the model's query passes of at most 64 rows from CUDA
-            graphs (:mod:`robustlab.attacks.graphs`; the same computation per row, launched at
-            once instead of kernel by kernel); no effect on a CPU.
+        cuda_graphs: on a GPU, replay queries from CUDA graphs: in float32 Linf, each whole
+            step, the model's pass included, from masked rows without host synchronisation
+            (:mod:`robustlab.attacks.square_graphs`: as strong, other random draws); otherwise
+            the model's query passes of at most 64 rows (:mod:`robustlab.attacks.graphs`: the
+            same computation per row, launched at once instead of kernel by kernel). No effect
+            on a CPU.
         seed: all random choices.
     """
 
@@ -250,6 +260,8 @@ class Square(Attack):
         self.cuda_graphs = bool(cuda_graphs)
         self.queries: Tensor | None = None  # per-sample queries used by the last call
         self._budgets: Tensor | None = None  # per-sample query budgets (attack_with_budgets)
+        # the last call's whole-step graphs (captures, replays, failed), or None if not used
+        self.graph_stats: dict[str, object] | None = None
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
         if x.dim() != 4:
@@ -302,12 +314,17 @@ class Square(Attack):
         m_best = self._margin(model, x_best, ys)
         q = torch.ones(xs.shape[0], dtype=torch.long, device=x.device)
         budget = None if self._budgets is None else self._budgets.to(x.device)[todo]
-        act = _Active.start(xs, ys, eps, x_best, m_best, linf, budget)
         top = self.n_queries if budget is None else int(budget.max())
-        stops = set() if budget is None else set(budget.unique().tolist())
         # Every Linf value in a square and in the best point is exactly clamp(x -+ eps), so
         # for eps >= 1e-5 "the square would not change" (|difference| < 1e-7) is equality.
         self._exact_same = linf and bool(eps.min() >= 1e-5)
+        self.graph_stats = None
+        if linf and self._whole_steps(x.device):
+            x_adv[todo], queries[todo] = self._masked(model, xs, ys, eps, x_best, m_best, budget,
+                                                      top, gen)  # fmt: skip
+            return x_adv, queries
+        act = _Active.start(xs, ys, eps, x_best, m_best, linf, budget)
+        stops = set() if budget is None else set(budget.unique().tolist())
         for it in range(1, top):
             if act.pos.numel() == 0:
                 break
@@ -340,6 +357,38 @@ class Square(Attack):
         queries[todo] = q
         return x_adv, queries
 
+    def _whole_steps(self, device: torch.device) -> bool:
+        """Does the Linf query loop run masked, from whole-step CUDA graphs? (On a CUDA device
+        in float32 with ``cuda_graphs``.)"""
+        return self.cuda_graphs and device.type == "cuda" and not self._bf16
+
+    def _masked(
+        self,
+        model: Forward,
+        x: Tensor,
+        y: Tensor,
+        eps: Tensor,
+        best: Tensor,
+        m: Tensor,
+        budget: Tensor | None,
+        top: int,
+        gen: torch.Generator,
+    ) -> tuple[Tensor, Tensor]:
+        """The Linf queries from whole-step CUDA graphs (:func:`run_linf_masked`)."""
+        h, w = x.shape[2:]
+        sides = [
+            _linf_side(p_schedule(self.p_init, it - 1, self.n_queries, self.rescale_schedule), h, w)
+            for it in range(1, top)
+        ]
+        raw = model.model if isinstance(model, GraphedForward) else model
+        best, q, stepper = run_linf_masked(
+            raw, x, y, eps, best, m, budget, sides, gen, exact=self._exact_same,
+            graphs=x.device.type == "cuda",
+        )  # fmt: skip
+        self.graph_stats = {"captures": stepper.captures, "replays": stepper.replays,
+                            "failed": stepper.failed}  # fmt: skip
+        return best, q
+
     def _margin(self, model: Forward, x: Tensor, y: Tensor) -> Tensor:
         """Margins of queries ``x``; under bf16, rows that crossed or are within rounding of the
         boundary get their float32 margin (:func:`~robustlab.attacks.precision.float32_rows`)."""
@@ -367,8 +416,7 @@ class Square(Attack):
         redrawn (up to 10 times) for samples whose square would not change. Returns the
         candidates and their :class:`_Patch`."""
         n, c, h, w = a.x.shape
-        s = int(round(math.sqrt(p * h * w)))
-        s = min(max(s, 1), min(h, w) - 1)
+        s = _linf_side(p, h, w)
         dev = a.x.device
         vh = torch.randint(0, h - s + 1, (n,), generator=gen, device=dev)
         vw = torch.randint(0, w - s + 1, (n,), generator=gen, device=dev)
