@@ -212,3 +212,69 @@ def test_a_step_that_cannot_be_captured_runs_eagerly_with_a_warning() -> None:
         adv = sq(Syncs().eval(), x, y)
     assert sq.graph_stats is not None and sq.graph_stats["failed"] is not None
     assert (adv - x).abs().amax() <= 0.05 + 1e-6
+
+
+class _FakeGraph:
+    """Stands in for a CUDA graph on a CPU: capture records the step without running it, and a
+    replay runs what was recorded, on the tensors it was recorded with."""
+
+    def __init__(self, run) -> None:
+        self.run = run
+
+    def replay(self) -> None:
+        self.run()
+
+
+def test_the_graph_control_flow_runs_every_step_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Warm-up, capture and replays in the order a GPU sees them, with a fake graph: the same
+    points and query counts as the eager loop, one capture per side and compaction, and every
+    other step a replay of the current state's graph."""
+    import contextlib
+
+    import robustlab.attacks.square_graphs as sg
+
+    def capture(self, st, s) -> None:  # what _capture does, minus CUDA
+        self.graph = _FakeGraph(lambda: sg._step(self.model, st, s, self.exact))
+        self.captures += 1
+
+    monkeypatch.setattr(sg._Stepper, "_capture", capture)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: _NoStream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda d=None: _NoStream())
+    model, x, y, epsv, best, m = _problem(48, 0, 0.02)
+    limit = torch.randint(1, 150, (48,), generator=torch.Generator().manual_seed(1))
+    sides = [_linf_side(p_schedule(0.8, it - 1, 150, False), 8, 8) for it in range(1, 150)]
+    out, calls_of, executed = {}, {}, {}
+    step, call = sg._step, sg._Stepper.__call__
+    counts = {"step": 0, "call": 0}
+
+    def counted_step(*a) -> None:
+        counts["step"] += 1
+        step(*a)
+
+    def counted_call(self, st, s) -> None:
+        counts["call"] += 1
+        call(self, st, s)
+
+    monkeypatch.setattr(sg, "_step", counted_step)
+    monkeypatch.setattr(sg._Stepper, "__call__", counted_call)
+    with torch.inference_mode():
+        for graphs in (False, True):
+            counts.update(step=0, call=0)
+            out[graphs] = run_linf_masked(
+                model, x, y, epsv, best, m, limit, sides, torch.Generator().manual_seed(5),
+                exact=True, graphs=graphs,
+            )  # fmt: skip
+            calls_of[graphs], executed[graphs] = counts["call"], counts["step"]
+    (b0, q0, _), (b1, q1, stepper) = out[False], out[True]
+    assert torch.equal(q0, q1) and torch.equal(b0, b1)
+    calls = calls_of[True]
+    assert executed[True] == calls == calls_of[False]  # every step ran once, none skipped
+    # a warm-up step per side and per compaction, then a capture; the rest are replays
+    assert stepper.captures >= 4 and stepper.replays >= calls - 2 * stepper.captures - 8
+    assert stepper.replays > calls // 2
+
+
+class _NoStream:
+    def wait_stream(self, other) -> None:
+        pass
