@@ -8,7 +8,9 @@ default the breakpoints are rescaled to the query budget (the standalone referen
 inside AutoAttack, as the reference (a392200) builds it with ``resc_schedule=False``, they are
 taken in raw iterations, so with 5000 queries ``p`` stops halving after iteration 4000.
 Each sample draws its own square position and values; only points still classified correctly
-are queried. Samples misclassified on clean inputs are returned unchanged.
+are queried. Samples misclassified on clean inputs are returned unchanged. On a GPU the
+float32 Linf loop is masked and replayed from CUDA graphs (``attacks/square_graphs.py``): a
+point that is done stays in the batch, unchanged, until the next block of queries.
 """
 
 from __future__ import annotations
@@ -269,8 +271,9 @@ class Square(Attack):
         if min(x.shape[2], x.shape[3]) < 2:
             raise RobustlabError("square needs images at least 2 pixels high and wide")
         self._bf16 = use_bf16(self.precision, x.device)
-        # one graph cache per call: graphs hold the weights' memory as it was when recorded
-        fwd = GraphedForward(model, enabled=self.cuda_graphs)
+        # one graph cache per call: graphs hold the weights' memory as it was when recorded;
+        # passes are replayed one by one only where whole steps are not (bf16, L2)
+        fwd = GraphedForward(model, enabled=self.cuda_graphs and not self._whole_steps(x.device))
         with torch.inference_mode():  # cheaper per query than no_grad; 5000 queries add up
             x_adv, queries = self._run(fwd, x, y, generator)
         self.queries = queries.clone()
@@ -319,7 +322,7 @@ class Square(Attack):
         # for eps >= 1e-5 "the square would not change" (|difference| < 1e-7) is equality.
         self._exact_same = linf and bool(eps.min() >= 1e-5)
         self.graph_stats = None
-        if linf and self._whole_steps(x.device):
+        if self._whole_steps(x.device):
             x_adv[todo], queries[todo] = self._masked(model, xs, ys, eps, x_best, m_best, budget,
                                                       top, gen)  # fmt: skip
             return x_adv, queries
@@ -358,9 +361,10 @@ class Square(Attack):
         return x_adv, queries
 
     def _whole_steps(self, device: torch.device) -> bool:
-        """Does the Linf query loop run masked, from whole-step CUDA graphs? (On a CUDA device
-        in float32 with ``cuda_graphs``.)"""
-        return self.cuda_graphs and device.type == "cuda" and not self._bf16
+        """Does the query loop run masked, from whole-step CUDA graphs? (Linf, on a CUDA device
+        in float32, with ``cuda_graphs``.)"""
+        linf = self.threat.name == "linf"
+        return linf and self.cuda_graphs and device.type == "cuda" and not self._bf16
 
     def _masked(
         self,
