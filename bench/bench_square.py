@@ -55,6 +55,15 @@ def _models(args: argparse.Namespace) -> list[tuple[str, nn.Module, str, float, 
     return out
 
 
+def load_test_images(dataset: str, data_dir: str, start: int, n: int) -> tuple[torch.Tensor, ...]:
+    """Test images ``start .. start + n`` of ``dataset`` in [0, 1], channels_last (as
+    ``robust_evaluate`` runs them), and their labels."""
+    sp = load_split(dataset, "test", root=data_dir)
+    sl = slice(start, start + n)
+    x, y = sp.images[sl].float() / 255.0, sp.labels[sl].long()
+    return x.contiguous(memory_format=torch.channels_last), y
+
+
 class _OpCounter(TorchDispatchMode):
     """Counts the aten operators Square dispatches outside the model's forward passes (on a
     GPU each is at least one kernel launch): the attack's own per-query work."""
@@ -114,10 +123,7 @@ def main() -> None:
     result: dict[str, Any] = {"benchmark": "square", "args": vars(args), "machine": info}
     result["models"] = []
     for label, model, dataset, eps_inf, eps_l2 in _models(args):
-        sp = load_split(dataset, "test", root=args.data_dir)
-        sl = slice(args.start, args.start + args.n)
-        x, y = sp.images[sl].float() / 255.0, sp.labels[sl].long()
-        x = x.contiguous(memory_format=torch.channels_last)  # as robust_evaluate runs it
+        x, y = load_test_images(dataset, args.data_dir, args.start, args.n)
         model = model.to(memory_format=torch.channels_last)
         eps = eps_inf if args.norm == "linf" else eps_l2
         kw = {"eps": eps, "norm": args.norm, "n_queries": args.queries, "seed": 0}

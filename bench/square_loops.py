@@ -25,12 +25,11 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_square import SHARED, _models  # noqa: E402
+from bench_square import SHARED, _models, load_test_images  # noqa: E402
 from machine import machine_info, machine_line  # noqa: E402
 
 from robustlab.attacks.boundary import hard_margin  # noqa: E402
 from robustlab.attacks.square import Square  # noqa: E402
-from robustlab.data import load_split  # noqa: E402
 from robustlab.io import write_json  # noqa: E402
 
 
@@ -69,10 +68,7 @@ def main() -> None:
                            "n": args.n, "start": args.start, "queries": args.queries,
                            "models": []}  # fmt: skip
     for label, model, dataset, eps, _ in _models(args):
-        sp = load_split(dataset, "test", root=args.data_dir)
-        sl = slice(args.start, args.start + args.n)
-        x, y = sp.images[sl].float() / 255.0, sp.labels[sl].long()
-        x = x.contiguous(memory_format=torch.channels_last)  # as robust_evaluate runs it
+        x, y = load_test_images(dataset, args.data_dir, args.start, args.n)
         model = model.to(memory_format=torch.channels_last)
         rows = []
         for seed in args.seeds:
