@@ -147,17 +147,14 @@ def test_square_through_the_masked_loop_is_as_strong(monkeypatch: pytest.MonkeyP
 @cuda
 def test_a_replayed_step_equals_the_eager_step() -> None:
     dev = torch.device("cuda")
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
-        nn.Flatten(), nn.Linear(64, 10),
-    ).to(dev).eval()  # fmt: skip
+    model = nn.Sequential(nn.Flatten(), linear_model(3 * 16 * 16, 10).float()).to(dev).eval()
     g = torch.Generator(device=dev).manual_seed(0)
     x = torch.rand(96, 3, 16, 16, generator=g, device=dev)
     with torch.no_grad():
         y = model(x).argmax(1)
-    eps = torch.full((96,), 6 / 255, device=dev)
-    best = (x + eps[:, None, None, None] * torch.sign(torch.randn_like(x[:, :, :1]))).clamp(0, 1)
+    eps = torch.full((96,), 4 / 255, device=dev)
+    signs = torch.randint(0, 2, (96, 3, 1, 16), generator=g, device=dev) * 2 - 1
+    best = (x + eps[:, None, None, None] * signs).clamp(0, 1)
     limit = torch.randint(1, 400, (96,), generator=g, device=dev)
     sides = [_linf_side(p_schedule(0.8, it - 1, 400, False), 16, 16) for it in range(1, 400)]
     out = {}
@@ -177,16 +174,20 @@ def test_a_replayed_step_equals_the_eager_step() -> None:
 @cuda
 def test_square_on_a_gpu_replays_whole_steps_and_stays_as_strong() -> None:
     dev = torch.device("cuda")
-    model = nn.Sequential(nn.Flatten(), linear_model(3 * 16 * 16, 10).float()).to(dev).eval()
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(), nn.Linear(64, 10),
+    ).to(dev).eval()  # fmt: skip
     gen = torch.Generator(device=dev).manual_seed(2)
-    x = torch.rand(100, 3, 16, 16, generator=gen, device=dev)
+    x = torch.rand(400, 3, 16, 16, generator=gen, device=dev)
     with torch.no_grad():
         y = model(x).argmax(1)
     broken = {}
     for graphs in (True, False):
-        sq = Square(eps=4 / 255, n_queries=300, seed=0, cuda_graphs=graphs)
+        sq = Square(eps=16 / 255, n_queries=300, seed=0, cuda_graphs=graphs)
         adv = sq(model, x, y)
-        assert (adv - x).abs().amax() <= 4 / 255 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+        assert (adv - x).abs().amax() <= 16 / 255 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
         with torch.no_grad():
             broken[graphs] = (model(adv).argmax(1) != y).float().mean().item()
         if graphs:
@@ -194,8 +195,9 @@ def test_square_on_a_gpu_replays_whole_steps_and_stays_as_strong() -> None:
             assert sq.graph_stats["replays"] > 100
         else:
             assert sq.graph_stats is None
-    assert 0.4 < broken[False] < 0.95, broken
-    assert abs(broken[True] - broken[False]) < 0.1, broken
+    # on a CPU, this model and these images: 0.745-0.765 broken by either loop, 2 seeds each
+    assert 0.5 < broken[False] < 0.95, broken
+    assert abs(broken[True] - broken[False]) < 0.06, broken
 
 
 @cuda
@@ -206,7 +208,7 @@ def test_a_step_that_cannot_be_captured_runs_eagerly_with_a_warning() -> None:
 
     dev = torch.device("cuda")
     x = torch.rand(8, 3, 4, 4, device=dev)
-    y = torch.zeros(8, dtype=torch.long, device=dev)
+    y = x.flatten(1)[:, :10].argmax(1)  # every point starts correct, so Square queries
     sq = Square(eps=0.05, n_queries=40, seed=0)
     with pytest.warns(RuntimeWarning, match="run eagerly"):
         adv = sq(Syncs().eval(), x, y)
@@ -241,6 +243,7 @@ def test_the_graph_control_flow_runs_every_step_once(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: _NoStream())
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "current_stream", lambda d=None: _NoStream())
+    monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
     model, x, y, epsv, best, m = _problem(48, 0, 0.02)
     limit = torch.randint(1, 150, (48,), generator=torch.Generator().manual_seed(1))
     sides = [_linf_side(p_schedule(0.8, it - 1, 150, False), 8, 8) for it in range(1, 150)]

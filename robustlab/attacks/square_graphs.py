@@ -33,6 +33,7 @@ eager step.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass, fields
 
@@ -217,20 +218,22 @@ def run_linf_masked(
                 u, coins, k)  # fmt: skip
     out_best, out_q = best.clone(), q.clone()
     stepper = _Stepper(model, exact, graphs)
-    for i, s in enumerate(sides):
-        if i % BLOCK == 0:  # the block's one host synchronisation
-            n_live = int(st.live.sum())
-            if n_live == 0:
-                break
-            if n_live <= compact_below * st.live.numel():
-                out_best[st.pos], out_q[st.pos] = st.best, st.q
-                st = st.keep(st.live.nonzero().squeeze(1))
-                stepper.reset()
-            u, coins = draw_block(gen, BLOCK, st.live.numel(), c, x.device)
-            st.u.copy_(u)  # in place: a graph reads these tensors
-            st.coins.copy_(coins)
-            st.k.zero_()
-        stepper(st, s)
+    # capture and replay on the inputs' GPU, whichever is current
+    with torch.cuda.device(x.device) if graphs else contextlib.nullcontext():
+        for i, s in enumerate(sides):
+            if i % BLOCK == 0:  # the block's one host synchronisation
+                n_live = int(st.live.sum())
+                if n_live == 0:
+                    break
+                if n_live <= compact_below * st.live.numel():
+                    out_best[st.pos], out_q[st.pos] = st.best, st.q
+                    st = st.keep(st.live.nonzero().squeeze(1))
+                    stepper.reset()
+                u, coins = draw_block(gen, BLOCK, st.live.numel(), c, x.device)
+                st.u.copy_(u)  # in place: a graph reads these tensors
+                st.coins.copy_(coins)
+                st.k.zero_()
+            stepper(st, s)
     out_best[st.pos], out_q[st.pos] = st.best, st.q
     return out_best, out_q, stepper
 
