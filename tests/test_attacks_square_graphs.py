@@ -1,9 +1,11 @@
 """Square's masked Linf query loop (robustlab.attacks.square_graphs), which Square runs on a GPU.
 
 On a CPU: the vectorised loop equals a row-by-row reference written from Square's definition
-with the same draws (budgets, compaction, channels_last and the inexact comparison included),
-and Square through it is as strong as Square's compacting loop. On a GPU (skipped here): a step
-replayed from its CUDA graph equals the eager step, and Square uses the graphs by default."""
+with the same draws (budgets, compaction, channels_last and the inexact comparison included);
+Square through it is as strong as Square's compacting loop; the warm-up, capture and replays
+run every step once (with a fake graph); no operator of a step reads a value on the host. On a
+GPU (skipped here): a step replayed from its CUDA graph equals the eager step, and Square uses
+the graphs by default."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import pytest
 import torch
 from attack_models import linear_model
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from robustlab.attacks.boundary import hard_margin
 from robustlab.attacks.square import Square, _linf_side, p_schedule
@@ -281,3 +284,56 @@ def test_the_graph_control_flow_runs_every_step_once(monkeypatch: pytest.MonkeyP
 class _NoStream:
     def wait_stream(self, other) -> None:
         pass
+
+
+class _HostReads(TorchDispatchMode):
+    """Records the operators that make a GPU wait for the host to read a value: a step that
+    uses one cannot be recorded as a CUDA graph."""
+
+    READS = frozenset(
+        {"aten::item", "aten::_local_scalar_dense", "aten::nonzero", "aten::is_nonzero",
+         "aten::masked_select", "aten::unique", "aten::_unique2", "aten::equal"}
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        if func._schema.name in self.READS:
+            self.seen.append(func._schema.name)
+        return func(*args, **(kwargs or {}))
+
+
+def _one_step(model: nn.Module, c: int, h: int) -> list[str]:
+    import robustlab.attacks.square_graphs as sg
+
+    x = torch.rand(3, c, h, h, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    e = torch.full((3, 1, 1, 1), 8 / 255)
+    lo, hi = (x - e).clamp(0, 1), (x + e).clamp(0, 1)
+    u, coins = draw_block(torch.Generator().manual_seed(0), BLOCK, 3, c, x.device)
+    st = sg._State(torch.arange(3), y, lo, hi, hi.clone(), torch.ones(3),
+                   torch.ones(3, dtype=torch.long), torch.ones(3, dtype=torch.bool),
+                   torch.full((3,), 100), u, coins, torch.zeros(1, dtype=torch.long))  # fmt: skip
+    reads = _HostReads()
+    with torch.inference_mode(), reads:
+        sg._step(model, st, min(5, h - 1), True)
+    assert int(st.q.sum()) == 6 and int(st.k) == 1  # the step ran
+    return reads.seen
+
+
+def test_a_step_reads_nothing_on_the_host() -> None:
+    """What a GPU graph needs: no operator of a step (the robustlab models' passes included)
+    waits for a value on the host. Checked by the operators dispatched on a CPU."""
+    from robustlab.models import create_model
+
+    for name, ds, c, h in (("preact_resnet18", "cifar10", 3, 32), ("smallcnn", "mnist", 1, 28)):
+        assert _one_step(create_model(name, dataset=ds).eval(), c, h) == [], name
+
+    class Reads(nn.Module):  # the detector sees a host read
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.flatten(1)[:, :10] * float(x.sum() > 0)
+
+    assert _one_step(Reads(), 3, 4)[:1] in (["aten::item"], ["aten::_local_scalar_dense"])
