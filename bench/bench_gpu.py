@@ -19,6 +19,7 @@
    ``autoattack`` package is installed, robustlab's AutoAttack standard and the ``fast`` preset
    (Square's queries replayed from CUDA graphs, the default, and eagerly), and standard with
    bf16 model passes; time and robust accuracy of each.
+4. The model's inference pass at Square's query batch sizes, eager and replayed (ms per pass).
 
 Data: --data-dir holds CIFAR-10's binary batches (data_batch_1.bin ... and test_batch.bin);
 --train-batches says how many data_batch_*.bin to use (the script uses the ones present, up to
@@ -45,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_info, machine_line  # noqa: E402
 
 from robustlab.attacks import PGD, AutoAttack, Square, create_attack  # noqa: E402
+from robustlab.attacks.graphs import GraphedForward  # noqa: E402
 from robustlab.config import load_config  # noqa: E402
 from robustlab.config.load import check_objective  # noqa: E402
 from robustlab.data.formats import parse_cifar_binary  # noqa: E402
@@ -203,6 +205,26 @@ def eager(attack: Any) -> Any:
     return attack
 
 
+def query_pass_ms(model, x, dev, rows=(22, 216), reps: int = 100) -> dict[str, Any]:
+    """Milliseconds per inference pass at Square's query batch sizes (standard's about 216 rows,
+    ``square-close``'s about 22 on this model), eagerly and replayed from a CUDA graph: the
+    floor of a whole-step replay, and what its launches cost."""
+    res: dict[str, Any] = {}
+    for n in rows:
+        xb = x[:n].float().div(255).contiguous(memory_format=torch.channels_last)
+        for name, fwd in (("eager", model), ("replayed", GraphedForward(model, max_rows=None))):
+            with torch.inference_mode():
+                for _ in range(5):
+                    fwd(xb)
+                _sync(dev)
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    fwd(xb)
+                _sync(dev)
+            res[f"{name}_{n}_rows"] = round((time.perf_counter() - t0) / reps * 1e3, 3)
+    return res
+
+
 def reference_aa(model, x, y, bs, dev) -> dict[str, Any]:
     try:
         from autoattack import AutoAttack as Ref
@@ -348,6 +370,10 @@ def main() -> None:
             ev[key] = round(a["seconds"] / max(ref["seconds"], 1e-9), 3)
     out["evaluation"] = ev
     save("evaluation")
+    if time.perf_counter() < deadline - 10:
+        rows, reps = ((4, 16), 5) if args.tiny else ((22, 216), 100)
+        out["query_pass_ms"] = query_pass_ms(model, xe, dev, rows, reps)
+        save("query_pass_ms")
 
 
 if __name__ == "__main__":
