@@ -285,6 +285,9 @@ class _NoStream:
     def wait_stream(self, other) -> None:
         pass
 
+    def synchronize(self) -> None:
+        pass
+
 
 class _HostReads(TorchDispatchMode):
     """Records the operators that make a GPU wait for the host to read a value: a step that

@@ -22,8 +22,9 @@ and its two host synchronisations per query. Here nothing in a step waits for th
   first candidate that changes the row, as Square's redraw loop picks it, found without a loop.
 - **One graph per square side.** Square's side only shrinks with the schedule, so one graph is
   kept: after one eager step with a new side (the warm-up a capture needs, on a side stream),
-  the step is recorded and then replayed. If a capture fails, a warning names the error and
-  the loop goes on eagerly, with the same steps.
+  the step is recorded and then replayed. A graph is dropped (with its memory) only after the
+  GPU has finished replaying it: one wait per side. If a capture fails, a warning names the
+  error and the loop goes on eagerly, with the same steps.
 
 The draws differ from the compacting loop's (that loop redraws only where needed, and only for
 the rows still live), so the two loops are equally strong, not bit-identical: the tests pin
@@ -140,7 +141,15 @@ class _Stepper:
 
     def reset(self) -> None:
         """Forget the graph (the state's tensors were replaced)."""
-        self.graph, self.side = None, -1
+        self.release()
+        self.side = -1
+
+    def release(self) -> None:
+        """Drop the graph once the GPU has finished replaying it, so that its memory is never
+        handed out while a replay may still read it."""
+        if self.graph is not None:
+            torch.cuda.current_stream().synchronize()
+            self.graph = None
 
     def __call__(self, st: _State, s: int) -> None:
         if not self.graphs or self.failed:
@@ -149,7 +158,8 @@ class _Stepper:
             self.graph.replay()
             self.replays += 1
         elif s != self.side:  # a new side: one eager step on a side stream is the warm-up
-            self.graph, self.side = None, s
+            self.release()
+            self.side = s
             dev = st.best.device
             side = torch.cuda.Stream(device=dev)
             side.wait_stream(torch.cuda.current_stream(dev))
@@ -234,7 +244,8 @@ def run_linf_masked(
                 st.coins.copy_(coins)
                 st.k.zero_()
             stepper(st, s)
-    out_best[st.pos], out_q[st.pos] = st.best, st.q
+        out_best[st.pos], out_q[st.pos] = st.best, st.q
+        stepper.release()
     return out_best, out_q, stepper
 
 
