@@ -12,9 +12,9 @@ and its two host synchronisations per query. Here nothing in a step waits for th
 - **Masked, not compacted.** Every row stays in the batch; a row stops changing once it is
   misclassified or has spent its query budget (``live`` turns False). Its queries are counted
   as the compacting loop counts them: one per step while live. Once per block of
-  :data:`BLOCK` steps the loop reads ``live`` on the host (its only synchronisation) to stop
-  when no row is left, and compacts the batch when at most :data:`COMPACT_BELOW` of its rows
-  are live.
+  :data:`BLOCK` steps the loop reads ``live`` on the host (the block's one synchronisation),
+  to stop when no row is left, and compacts the batch when at most :data:`COMPACT_BELOW` of
+  its rows are live.
 - **Random draws per block.** Square positions (uniform in [0, 1), scaled to the positions a
   side ``s`` allows) and the per-channel signs of :data:`DRAWS` candidate squares per row (the
   first draw and Square's up to 10 redraws) are drawn for a whole block by
