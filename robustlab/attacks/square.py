@@ -33,7 +33,13 @@ from robustlab.attacks.precision import (
     passes,
     use_bf16,
 )
-from robustlab.attacks.square_graphs import run_linf_masked
+from robustlab.attacks.square_graphs import (
+    dense,
+    flat_view,
+    linf_bounds,
+    run_linf_masked,
+    square_index,
+)
 from robustlab.attacks.threat import ThreatModel
 from robustlab.errors import RobustlabError
 
@@ -127,8 +133,7 @@ class _Active:
         linf: bool,
         limit: Tensor | None,
     ) -> _Active:
-        e = eps[:, None, None, None]
-        lo, hi = ((x - e).clamp(0.0, 1.0), (x + e).clamp(0.0, 1.0)) if linf else (None, None)
+        lo, hi = linf_bounds(x, eps) if linf else (None, None)
         pos = torch.arange(x.shape[0], device=x.device)
         act = cls(pos, x, y, eps, best.clone(), m, lo, hi, limit)
         live = (m > 0) if limit is None else (m > 0) & (limit > 1)
@@ -140,25 +145,10 @@ class _Active:
         return _Active(*(None if t is None else t[k] for t in parts))
 
     def __post_init__(self) -> None:
-        # the Linf step reads and writes best, lo and hi through (n, c, h*w) views (_flat)
-        self.best = _dense(self.best)
-        self.lo = None if self.lo is None else _dense(self.lo)
-        self.hi = None if self.hi is None else _dense(self.hi)
-
-
-def _dense(t: Tensor) -> Tensor:
-    """``t`` if it is dense in the NCHW or the channels_last layout (so :func:`_flat` can view
-    it), else a contiguous copy."""
-    if t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last):
-        return t
-    return t.contiguous()
-
-
-def _flat(t: Tensor) -> Tensor:
-    """The (n, c, h*w) view of a dense (n, c, h, w) tensor, NCHW or channels_last: gathers read
-    from it and scatters write through it."""
-    n, c, h, w = t.shape
-    return t.view(n, c, h * w)
+        # the Linf step reads and writes best, lo and hi through (n, c, h*w) views (flat_view)
+        self.best = dense(self.best)
+        self.lo = None if self.lo is None else dense(self.lo)
+        self.hi = None if self.hi is None else dense(self.hi)
 
 
 @dataclass
@@ -173,7 +163,8 @@ class _Patch:
     def accept(self, best: Tensor, better: Tensor) -> None:
         """Make ``best`` the candidate in the rows where ``better`` (bool, n), in place: the
         candidate is ``best`` with its square replaced, so only the square is written."""
-        _flat(best).scatter_(2, self.idx, torch.where(better[:, None, None], self.new, self.old))
+        new = torch.where(better[:, None, None], self.new, self.old)
+        flat_view(best).scatter_(2, self.idx, new)
 
 
 def _get(t: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
@@ -271,9 +262,9 @@ class Square(Attack):
         if min(x.shape[2], x.shape[3]) < 2:
             raise RobustlabError("square needs images at least 2 pixels high and wide")
         self._bf16 = use_bf16(self.precision, x.device)
-        # one graph cache per call: graphs hold the weights' memory as it was when recorded;
-        # passes are replayed one by one only where whole steps are not (bf16, L2)
-        fwd = GraphedForward(model, enabled=self.cuda_graphs and not self._whole_steps(x.device))
+        # whole steps are replayed by the masked loop itself; elsewhere (bf16, L2) single passes,
+        # one graph cache per call: graphs hold the weights' memory as it was when recorded
+        fwd = model if self._whole_steps(x.device) else GraphedForward(model, self.cuda_graphs)
         with torch.inference_mode():  # cheaper per query than no_grad; 5000 queries add up
             x_adv, queries = self._run(fwd, x, y, generator)
         self.queries = queries.clone()
@@ -384,9 +375,8 @@ class Square(Attack):
             _linf_side(p_schedule(self.p_init, it - 1, self.n_queries, self.rescale_schedule), h, w)
             for it in range(1, top)
         ]
-        raw = model.model if isinstance(model, GraphedForward) else model
         best, q, stepper = run_linf_masked(
-            raw, x, y, eps, best, m, budget, sides, gen, exact=self._exact_same,
+            model, x, y, eps, best, m, budget, sides, gen, exact=self._exact_same,
             graphs=x.device.type == "cuda",
         )  # fmt: skip
         self.graph_stats = {"captures": stepper.captures, "replays": stepper.replays,
@@ -427,12 +417,10 @@ class Square(Attack):
         # Work on the squares only, (n, c, s*s) gathered from flat views: outside them the
         # candidate is the best point, so "would not change" compares the squares, and the
         # candidate is one copy plus them.
-        ar = torch.arange(s, device=dev)
-        flat = (vh[:, None] + ar)[:, :, None] * w + (vw[:, None] + ar)[:, None, :]
-        idx = flat.reshape(n, 1, s * s).expand(n, c, s * s)
+        idx = square_index(vh, vw, s, w, c)
         assert a.hi is not None and a.lo is not None
-        hi, lo = _flat(a.hi).gather(2, idx), _flat(a.lo).gather(2, idx)
-        best = _flat(a.best).gather(2, idx)
+        hi, lo = flat_view(a.hi).gather(2, idx), flat_view(a.lo).gather(2, idx)
+        best = flat_view(a.best).gather(2, idx)
         new = torch.where(_coins((n, c, 1), gen, dev), hi, lo)
         for _ in range(10):
             if self._exact_same:
@@ -444,7 +432,7 @@ class Square(Attack):
             redraw = torch.where(_coins((n, c, 1), gen, dev), hi, lo)
             new = torch.where(same.view(-1, 1, 1), redraw, new)
         cand = a.best.clone()
-        _flat(cand).scatter_(2, idx, new)
+        flat_view(cand).scatter_(2, idx, new)
         return cand, _Patch(idx, new, best)
 
     # ---------------------------------------------------------------- L2

@@ -2,12 +2,14 @@
 step (the model's pass included) replayed from one CUDA graph.
 
 One job: :func:`run_linf_masked`, the loop that :class:`~robustlab.attacks.square.Square` runs
-on a CUDA device in float32 with ``cuda_graphs=True``. Why: on an H200, with a CIFAR-10
-PreActResNet-18, Square's eager queries cost about 3 ms each whether 22 or 216 points were left,
-because the CPU launching some hundred small kernels per query was the bound, not the GPU. With
-only the model's pass replayed (:mod:`robustlab.attacks.graphs`) ``fast``'s ``square-close``
-still spent about 1.4 ms per query, most of it, by that arithmetic, in Square's own bookkeeping
-and its two host synchronisations per query. Here nothing in a step waits for the GPU:
+on a CUDA device in float32 with ``cuda_graphs=True``; its square geometry (:func:`linf_bounds`,
+:func:`square_index`, :func:`flat_view`, :func:`dense`) is also the compacting loop's. Why: on an
+H200, with a CIFAR-10 PreActResNet-18, Square's eager queries cost about 3 ms each whether 22
+or 216 points were left, because the CPU launching some hundred small kernels per query was the
+bound, not the GPU. With only the model's pass replayed (:mod:`robustlab.attacks.graphs`),
+``fast``'s ``square-close`` still spent about 1.4 ms per query, most of it, by that arithmetic,
+in Square's own bookkeeping and its two host synchronisations per query. Here nothing in a
+step waits for the GPU:
 
 - **Masked, not compacted.** Every row stays in the batch; a row stops changing once it is
   misclassified or has spent its query budget (``live`` turns False). Its queries are counted
@@ -50,6 +52,36 @@ COMPACT_BELOW = 0.25  # compact the batch when at most this fraction of its rows
 DRAWS = 11  # candidate squares per row and step: the first and Square's up to 10 redraws
 
 
+def linf_bounds(x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+    """``clamp(x - eps)`` and ``clamp(x + eps)`` to [0, 1], per-row ``eps`` (n,): the two values
+    a Linf square can take at each pixel."""
+    e = eps[:, None, None, None]
+    return (x - e).clamp(0.0, 1.0), (x + e).clamp(0.0, 1.0)
+
+
+def dense(t: Tensor) -> Tensor:
+    """``t`` if it is dense in the NCHW or the channels_last layout (so that :func:`flat_view`
+    can view it), else a contiguous copy."""
+    if t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last):
+        return t
+    return t.contiguous()
+
+
+def flat_view(t: Tensor) -> Tensor:
+    """The (n, c, h*w) view of a dense (n, c, h, w) tensor, NCHW or channels_last: gathers read
+    the squares from it and scatters write them through it."""
+    n, c, h, w = t.shape
+    return t.view(n, c, h * w)
+
+
+def square_index(vh: Tensor, vw: Tensor, s: int, w: int, c: int) -> Tensor:
+    """Indices (n, c, s*s) into :func:`flat_view` of the s x s squares whose top-left corners are
+    rows ``vh`` and columns ``vw`` (n,) of images ``w`` pixels wide, for every channel."""
+    ar = torch.arange(s, device=vh.device)
+    flat = (vh[:, None] + ar)[:, :, None] * w + (vw[:, None] + ar)[:, None, :]
+    return flat.reshape(-1, 1, s * s).expand(-1, c, s * s)
+
+
 def draw_block(
     gen: torch.Generator, steps: int, n: int, c: int, device: torch.device
 ) -> tuple[Tensor, Tensor]:
@@ -89,7 +121,7 @@ class _State:
             t = parts[name]
             parts[name] = None if t is None else t[rows]
         for name in ("lo", "hi", "best"):
-            parts[name] = _dense(parts[name])
+            parts[name] = dense(parts[name])
         parts["k"] = self.k.clone()
         return _State(**parts)
 
@@ -102,11 +134,9 @@ def _step(model: nn.Module, st: _State, s: int, exact: bool) -> None:
     coins = st.coins.index_select(0, st.k)[0]  # (n, DRAWS, c)
     vh = (u[:, 0] * (h - s + 1)).long().clamp_max(h - s)
     vw = (u[:, 1] * (w - s + 1)).long().clamp_max(w - s)
-    ar = torch.arange(s, device=st.best.device)
-    flat = (vh[:, None] + ar)[:, :, None] * w + (vw[:, None] + ar)[:, None, :]
-    idx = flat.reshape(n, 1, s * s).expand(n, c, s * s)
-    hi, lo = st.hi.view(n, c, h * w).gather(2, idx), st.lo.view(n, c, h * w).gather(2, idx)
-    old = st.best.view(n, c, h * w).gather(2, idx)
+    idx = square_index(vh, vw, s, w, c)
+    hi, lo = flat_view(st.hi).gather(2, idx), flat_view(st.lo).gather(2, idx)
+    old = flat_view(st.best).gather(2, idx)
     if exact:  # every Linf value is exactly lo or hi (see Square._run)
         at_hi, at_lo = (old == hi).all(2), (old == lo).all(2)
     else:
@@ -116,10 +146,10 @@ def _step(model: nn.Module, st: _State, s: int, exact: bool) -> None:
     sign = coins.gather(1, first.view(n, 1, 1).expand(n, 1, c))[:, 0, :, None]  # (n, c, 1)
     new = torch.where(sign, hi, lo)
     cand = st.best.clone()
-    cand.view(n, c, h * w).scatter_(2, idx, new)
+    flat_view(cand).scatter_(2, idx, new)
     m_new = hard_margin(model(cand), st.y)
     better = (m_new < st.m) & st.live
-    st.best.view(n, c, h * w).scatter_(2, idx, torch.where(better[:, None, None], new, old))
+    flat_view(st.best).scatter_(2, idx, torch.where(better[:, None, None], new, old))
     st.m.copy_(torch.where(better, m_new, st.m))
     st.q.add_(st.live.long())
     live = st.live & (m_new > 0)
@@ -216,15 +246,14 @@ def run_linf_masked(
     graphs (a CUDA device only). Returns the best points, the queries each row used and the
     stepper (its ``captures``, ``replays`` and ``failed``)."""
     n, c = x.shape[:2]
-    e = eps[:, None, None, None]
-    lo, hi = (x - e).clamp(0.0, 1.0), (x + e).clamp(0.0, 1.0)
+    lo, hi = linf_bounds(x, eps)
     q = torch.ones(n, dtype=torch.long, device=x.device)
     live = (m > 0) if limit is None else (m > 0) & (limit > 1)
     u = torch.empty(BLOCK, n, 2, device=x.device)  # filled at each block's start
     coins = torch.empty(BLOCK, n, DRAWS, c, dtype=torch.bool, device=x.device)
     k = torch.zeros(1, dtype=torch.long, device=x.device)
     pos = torch.arange(n, device=x.device)
-    st = _State(pos, y, _dense(lo), _dense(hi), _dense(best.clone()), m.clone(), q, live, limit,
+    st = _State(pos, y, dense(lo), dense(hi), dense(best.clone()), m.clone(), q, live, limit,
                 u, coins, k)  # fmt: skip
     out_best, out_q = best.clone(), q.clone()
     stepper = _Stepper(model, exact, graphs)
@@ -247,11 +276,3 @@ def run_linf_masked(
         out_best[st.pos], out_q[st.pos] = st.best, st.q
         stepper.release()
     return out_best, out_q, stepper
-
-
-def _dense(t: Tensor) -> Tensor:
-    """``t`` if it is dense in the NCHW or the channels_last layout (so that the step's
-    (n, c, h*w) views exist), else a contiguous copy."""
-    if t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last):
-        return t
-    return t.contiguous()
